@@ -1,0 +1,107 @@
+"""Which ISA level is in effect, and how many threads kernels use.
+
+The level in effect is the host's best runnable level, capped by (innermost wins) a
+``max_isa()`` context, ``set_max_isa()``, or the NNJIT_MAX_ISA environment variable. A cap
+is clamped to what the host runs, never raised above it (oneDNN's ONEDNN_MAX_CPU_ISA
+semantics); an unknown name is an error that lists the valid ones.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+import threading
+
+from nnjit.dispatch.cpu import cpu_info
+from nnjit.dispatch.isa import IsaLevel, level_named
+
+_api_cap: str | None = None
+_context_cap: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "nnjit_max_isa", default=None)
+_lock = threading.Lock()
+
+
+def _checked_name(name: str) -> str:
+    return level_named(name).name        # raises InvalidIsaLevel for unknown names
+
+
+def set_max_isa(name: str | None) -> None:
+    """Cap the ISA level for every later call in this process (None removes the cap)."""
+    global _api_cap
+    checked = None if name is None else _checked_name(name)
+    with _lock:
+        _api_cap = checked
+
+
+@contextlib.contextmanager
+def max_isa(name: str):
+    """Cap the ISA level inside a ``with`` block (this thread / async context only)."""
+    token = _context_cap.set(_checked_name(name))
+    try:
+        yield get_isa()
+    finally:
+        _context_cap.reset(token)
+
+
+def effective_level() -> tuple[IsaLevel, str]:
+    """The level calls run at now, and why."""
+    info = cpu_info()
+    best = info.best_level
+    cap, source = _context_cap.get(), "max_isa() context"
+    if cap is None:
+        cap, source = _api_cap, "set_max_isa()"
+    if cap is None:
+        env = os.environ.get("NNJIT_MAX_ISA", "").strip()
+        if env:
+            cap, source = _checked_name(env), f"NNJIT_MAX_ISA={env}"
+    if cap is None:
+        return best, f"host's best runnable level ({info.llvm_cpu_name})"
+    capped = level_named(cap)
+    if capped.rank >= best.rank:
+        why = f"cap {capped.name!r} from {source}, clamped to the host's best"
+        return best, why if capped.rank > best.rank else f"capped by {source}"
+    return capped, f"capped by {source}"
+
+
+def get_isa() -> IsaLevel:
+    """The ISA level in effect for calls made now."""
+    return effective_level()[0]
+
+
+def isa_levels() -> tuple[IsaLevel, ...]:
+    """Every level of the host's architecture, least capable first (runnable or not)."""
+    from nnjit.dispatch.isa import levels
+
+    return levels()
+
+
+_num_threads: int | None = None
+
+
+def set_num_threads(n: int) -> None:
+    """Threads every later kernel launch uses (1 .. Numba's NUMBA_NUM_THREADS)."""
+    import numba
+
+    from nnjit.errors import InvalidArgument
+
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
+        raise InvalidArgument(f"set_num_threads(n={n!r}): n must be an int in 1.."
+                              f"{numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS)")
+    global _num_threads
+    _num_threads = n
+
+
+def get_num_threads() -> int:
+    import numba
+
+    return _num_threads or numba.config.NUMBA_NUM_THREADS
+
+
+def apply_num_threads() -> int:
+    """Make this thread's Numba launches use the configured count (Numba's is per thread)."""
+    import numba
+
+    n = get_num_threads()
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+    return n

@@ -1,0 +1,206 @@
+"""The one registry of kernels: the dispatcher, the tests and the benchmarks all read it.
+
+A kernel is registered once, as a *builder*: a function of the ISA level that returns the
+Python function to compile (closing over the level's tile sizes, which Numba then treats as
+compile-time constants). The registry compiles a builder's function for a level on first
+use, for the signatures the kernel declares, through that level's Numba target, and keeps
+the result per (operation, algorithm, level); compiled code persists on disk between
+processes (nnjit.dispatch.cache).
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from nnjit.dispatch.isa import IsaLevel
+
+# Kernel modules register themselves on import; importing is deferred to first use.
+KERNEL_MODULES = (
+    "nnjit.kernels.relu",
+    "nnjit.kernels.softmax",
+    "nnjit.kernels.pooling",
+)
+
+# fastmath flags for every kernel: reassociation and contraction (so reductions vectorise
+# and multiply-adds fuse) but not 'nnan'/'ninf', which would let LLVM drop the -inf and NaN
+# handling that pooling and softmax rely on.
+FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    operation: str                          # the public operation, e.g. "relu_output"
+    algorithm: str                          # e.g. "direct", "implicit_gemm"
+    build: Callable[[IsaLevel], Callable]   # level -> Python function to compile
+    signatures: tuple[str, ...]             # Numba signatures compiled for every level
+    parallel: bool = True
+    description: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.operation, self.algorithm
+
+    @property
+    def options(self) -> dict:
+        return {"parallel": self.parallel, "fastmath": set(FASTMATH), "nopython": True,
+                "boundscheck": False}
+
+
+_specs: dict[tuple[str, str], KernelSpec] = {}
+_variants: dict[tuple[str, str, str, str], object] = {}
+_compile_seconds: dict[tuple[str, str, str, str], float] = {}
+_lock = threading.RLock()
+_loaded = False
+
+
+def kernel(operation: str, algorithm: str, *, signatures, parallel=True, description=""):
+    """Register a kernel builder (used as a decorator in nnjit/kernels)."""
+    if isinstance(signatures, str):
+        signatures = (signatures,)
+
+    def register(build):
+        spec = KernelSpec(operation, algorithm, build, tuple(signatures), parallel,
+                          description or (build.__doc__ or "").strip().split("\n")[0])
+        with _lock:
+            if spec.key in _specs and _specs[spec.key].build is not build:
+                raise RuntimeError(f"kernel {spec.key} registered twice")
+            _specs[spec.key] = spec
+        return build
+
+    return register
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        with _lock:
+            for module in KERNEL_MODULES:
+                importlib.import_module(module)
+            _loaded = True
+
+
+def specs() -> tuple[KernelSpec, ...]:
+    """Every registered kernel, in registration order."""
+    _load()
+    return tuple(_specs.values())
+
+
+def spec(operation: str, algorithm: str) -> KernelSpec:
+    _load()
+    try:
+        return _specs[operation, algorithm]
+    except KeyError:
+        from nnjit.errors import UnsupportedAlgorithm
+
+        known = sorted(a for (op, a) in _specs if op == operation)
+        raise UnsupportedAlgorithm(
+            f"no kernel for operation {operation!r} with algorithm {algorithm!r}; "
+            f"registered: {known or 'none'}") from None
+
+
+def operations() -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s.operation for s in specs()))
+
+
+def variant(operation: str, algorithm: str, level: IsaLevel):
+    """The compiled kernel for (operation, algorithm, level); compiled (or loaded from the
+    disk cache) on first use, exactly once even when several threads ask together."""
+    key = (operation, algorithm, level.arch, level.name)
+    found = _variants.get(key)
+    if found is not None:
+        return found
+    with _lock:
+        found = _variants.get(key)
+        if found is None:
+            started = time.perf_counter()
+            found = _compile(spec(operation, algorithm), level, use_disk_cache=True)
+            _variants[key] = found
+            _compile_seconds[key] = time.perf_counter() - started
+    return found
+
+
+def _compile(kernel_spec: KernelSpec, level: IsaLevel, use_disk_cache: bool):
+    from nnjit.dispatch.cache import KernelCache, cache_enabled
+    from nnjit.dispatch.targets import target_for
+
+    py_func = kernel_spec.build(level)
+    options = kernel_spec.options
+    dispatcher = target_for(level).jit(py_func, **options)
+    if use_disk_cache and cache_enabled():
+        name = f"{kernel_spec.operation}-{kernel_spec.algorithm}-{level.arch}-{level.name}"
+        dispatcher._cache = KernelCache(py_func, name, options)
+    for signature in kernel_spec.signatures:
+        dispatcher.compile(signature)
+    dispatcher.disable_compile()     # a call with other types is a bug, not a new compile
+    return dispatcher
+
+
+def compiled_variants() -> dict:
+    """{(operation, algorithm, arch, level): seconds it took to compile or load}."""
+    return dict(_compile_seconds)
+
+
+def clear() -> None:
+    """Forget compiled variants (they recompile, or reload from disk, on next use)."""
+    with _lock:
+        _variants.clear()
+        _compile_seconds.clear()
+
+
+def inspect_asm(operation: str, level=None, algorithm: str | None = None) -> str:
+    """Assembly of a kernel variant. ``level`` is a name or IsaLevel (default: in effect);
+    levels the host cannot run compile too (never called), for checking code generation."""
+    from nnjit.dispatch.isa import level_named
+    from nnjit.dispatch.policy import get_isa
+
+    if level is None:
+        level = get_isa()
+    elif not isinstance(level, IsaLevel):
+        level = level_named(level)
+    if algorithm is None:
+        algorithm = next(s.algorithm for s in specs() if s.operation == operation) \
+            if operation in operations() else "?"
+    # Code loaded from the disk cache carries no assembly: compile afresh, uncached.
+    dispatcher = _compile(spec(operation, algorithm), level, use_disk_cache=False)
+    return "\n".join(dispatcher.inspect_asm(sig) for sig in dispatcher.signatures)
+
+
+def warmup(operations=None, levels=None, *, progress: bool = True) -> int:
+    """Compile (or load from the disk cache) kernels ahead of their first call.
+
+    ``operations``: names (default: all); ``levels``: names or IsaLevels (default: the level
+    in effect). Returns how many variants are ready."""
+    from nnjit.dispatch.isa import level_named
+    from nnjit.dispatch.policy import get_isa
+
+    wanted = None if operations is None else {operations} if isinstance(operations, str) \
+        else set(operations)
+    chosen = [get_isa()] if levels is None else [
+        lv if isinstance(lv, IsaLevel) else level_named(lv)
+        for lv in ([levels] if isinstance(levels, (str, IsaLevel)) else levels)]
+    todo = [(s, lv) for s in specs() if wanted is None or s.operation in wanted for lv in chosen]
+    if wanted:
+        unknown = wanted - {s.operation for s in specs()}
+        if unknown:
+            from nnjit.errors import InvalidArgument
+
+            raise InvalidArgument(f"warmup(operations=...): unknown {sorted(unknown)}; "
+                                  f"known: {list(globals()['operations']())}")
+    for done, (s, lv) in enumerate(todo, 1):
+        variant(s.operation, s.algorithm, lv)
+        if progress:
+            _progress(done, len(todo), f"{s.operation}/{s.algorithm}@{lv.name}")
+    return len(todo)
+
+
+def _progress(done: int, total: int, label: str) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} {label:<48}")
+    if done == total:
+        sys.stderr.write("\n")
+    sys.stderr.flush()
