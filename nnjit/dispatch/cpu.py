@@ -117,6 +117,17 @@ def _count_cpu_list(text: str) -> int:
     return max(count, 1)
 
 
+def llvm_spelling(flags) -> frozenset[str]:
+    """py-cpuinfo's flags, with LLVM's names added where the two spell a feature apart."""
+    return frozenset(flags) | {llvm for llvm, cpu in _CPUINFO_SPELLING.items() if cpu in flags}
+
+
+def relevant_features(arch: str) -> frozenset[str]:
+    """The features nnjit decides anything by: the levels' requirements, cpu_supports()'s."""
+    return frozenset().union(*(level.requires for level in levels(arch))) | frozenset(
+        _PUBLIC_NAMES.values())
+
+
 def _runnable(features: frozenset[str], arch: str):
     runnable, why_not = [], {}
     for level in levels(arch):
@@ -140,9 +151,8 @@ def _detect() -> CpuInfo:
     record = _cpuinfo_record()
     flags = frozenset(str(f).lower() for f in record.get("flags", ()))
     # Translate cpuinfo's flags to LLVM spelling, then keep what both report.
-    from_cpuinfo = flags | {llvm for llvm, cpu in _CPUINFO_SPELLING.items() if cpu in flags}
-    relevant = set().union(*(level.requires for level in levels(arch))) | set(
-        _PUBLIC_NAMES.values())
+    from_cpuinfo = llvm_spelling(flags)
+    relevant = relevant_features(arch)
     agreed = frozenset(f for f in relevant if f in llvm_on and f in from_cpuinfo)
     if arch == "x86_64":
         agreed |= {"sse2"}          # part of x86-64 itself

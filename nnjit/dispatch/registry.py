@@ -39,6 +39,7 @@ class KernelSpec:
     signatures: tuple[str, ...]             # Numba signatures compiled for every level
     parallel: bool = True
     description: str = ""
+    multiply_adds: bool = False             # has a*b+c the avx2/avx512 code must fuse (FMA)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -57,14 +58,16 @@ _lock = threading.RLock()
 _loaded = False
 
 
-def kernel(operation: str, algorithm: str, *, signatures, parallel=True, description=""):
+def kernel(operation: str, algorithm: str, *, signatures, parallel=True, description="",
+           multiply_adds=False):
     """Register a kernel builder (used as a decorator in nnjit/kernels)."""
     if isinstance(signatures, str):
         signatures = (signatures,)
 
     def register(build):
         spec = KernelSpec(operation, algorithm, build, tuple(signatures), parallel,
-                          description or (build.__doc__ or "").strip().split("\n")[0])
+                          description or (build.__doc__ or "").strip().split("\n")[0],
+                          multiply_adds)
         with _lock:
             if spec.key in _specs and _specs[spec.key].build is not build:
                 raise RuntimeError(f"kernel {spec.key} registered twice")

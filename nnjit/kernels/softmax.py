@@ -21,7 +21,8 @@ def row_max(row):
 
 
 @kernel("softmax_output", "direct", signatures=("void(float32[:, ::1], float32[:, ::1])",
-                                                "void(float32[:, ::1], none)"))
+                                                "void(float32[:, ::1], none)"),
+        multiply_adds=True)
 def softmax_output(level):
     """out[r] = exp(x[r] - max x[r]) / sum exp(x[r] - max x[r]); out None: in place."""
 

@@ -1,0 +1,88 @@
+"""How a layer call is decided and run, and how ``explain()`` reports it.
+
+Each public layer is written as a *planner*: it validates its arguments (raising before any
+output is touched), allocates or checks the output, and returns a ``Plan`` naming the kernel
+(operation, algorithm, level) and its arguments. ``@layer`` turns a planner into the public
+function (plan, then run); ``explain()`` runs only the planner.
+"""
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+from nnjit.dispatch import policy, registry
+from nnjit.dispatch.isa import IsaLevel
+
+LAYERS: dict[str, object] = {}
+_last = threading.local()
+
+
+@dataclass(frozen=True)
+class Decision:
+    operation: str
+    algorithm: str
+    algorithm_reason: str
+    level: IsaLevel
+    level_reason: str
+    threads: int
+    arguments: str
+
+    def __str__(self) -> str:
+        return (f"{self.operation}({self.arguments})\n"
+                f"  algorithm: {self.algorithm} ({self.algorithm_reason})\n"
+                f"  ISA level: {self.level.name} ({self.level_reason})\n"
+                f"  threads:   {self.threads}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    decision: Decision
+    kernel_args: tuple
+    result: object
+
+    def run(self):
+        d = self.decision
+        compiled = registry.variant(d.operation, d.algorithm, d.level)
+        policy.apply_num_threads()
+        compiled(*self.kernel_args)
+        _last.decision = d
+        return self.result
+
+
+def decide(operation: str, algorithm: str, algorithm_reason: str, arguments: str,
+           kernel_args: tuple, result) -> Plan:
+    level, level_reason = policy.effective_level()
+    decision = Decision(operation, algorithm, algorithm_reason, level, level_reason,
+                        policy.get_num_threads(), arguments)
+    return Plan(decision, kernel_args, result)
+
+
+def layer(planner):
+    """Make the public layer function from its planner (same name, signature, docstring)."""
+
+    @functools.wraps(planner)
+    def run(*args, **kwargs):
+        return planner(*args, **kwargs).run()
+
+    run.plan = planner
+    LAYERS[planner.__name__] = run
+    return run
+
+
+def explain(operation=None, *args, **kwargs) -> Decision | None:
+    """Describe a layer call.
+
+    ``explain()``: the last call made on this thread (None before any).
+    ``explain(operation, *args, **kwargs)``: what that call would run, without running it
+    (``operation`` is a layer name such as "relu_output", or the layer function itself).
+    """
+    if operation is None:
+        return getattr(_last, "decision", None)
+    name = getattr(operation, "__name__", operation)
+    if name not in LAYERS:
+        from nnjit.errors import InvalidArgument
+
+        raise InvalidArgument(f"explain(operation={operation!r}): not a layer; layers are "
+                              + ", ".join(sorted(LAYERS)))
+    return LAYERS[name].plan(*args, **kwargs).decision

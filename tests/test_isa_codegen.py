@@ -1,0 +1,42 @@
+"""Every registered kernel compiles for every x86 level, runnable here or not, and the code
+uses the registers its level promises. Would catch a Numba upgrade that breaks the per-level
+targets (shared/design/isa-targets.md)."""
+import re
+
+import pytest
+
+import nnjit
+from nnjit.dispatch import registry
+from nnjit.dispatch.isa import X86_LEVELS
+
+pytestmark = pytest.mark.skipif(nnjit.cpu_info().arch != "x86_64", reason="x86-64 host only")
+
+KERNELS = [(s.operation, s.algorithm) for s in registry.specs()]
+
+
+def registers(asm):
+    return {kind for kind in ("xmm", "ymm", "zmm") if re.search(rf"%{kind}\d", asm)}
+
+
+@pytest.mark.parametrize("level", [lv.name for lv in X86_LEVELS])
+@pytest.mark.parametrize("operation,algorithm", KERNELS)
+def test_kernel_registers_match_level(operation, algorithm, level):
+    asm = nnjit.inspect_asm(operation, level=level, algorithm=algorithm)
+    used = registers(asm)
+    fma = bool(re.search(r"\bvfn?m(add|sub)\d{3}[ps]s\b", asm))
+    if level in ("generic", "sse4"):
+        assert used == {"xmm"}, used
+        assert not fma
+    elif level in ("avx", "avx2"):
+        assert "ymm" in used and "zmm" not in used, used
+        assert fma == (level == "avx2" and registry.spec(operation, algorithm).multiply_adds)
+    else:
+        assert "zmm" in used, used
+        assert fma == registry.spec(operation, algorithm).multiply_adds
+
+
+def test_generic_level_has_no_vex_encoded_instructions():
+    """SSE-only code: no VEX/EVEX ('v'-prefixed) vector instructions at all."""
+    asm = nnjit.inspect_asm("softmax_output", level="generic")
+    vex = {m for m in re.findall(r"^\s+(v[a-z0-9]+)\s", asm, re.M) if m != "vzeroupper"}
+    assert not vex, sorted(vex)[:10]
