@@ -2,15 +2,24 @@
 
 For each output row the window's input rows are first reduced vertically into a row buffer
 (contiguous, so it vectorises), padded with -inf on both sides; the horizontal pass then takes
-the maximum of each window of the buffer with no bounds checks. Strides 1 and 2 get loops with
-a constant stride so LLVM can vectorise the interleaved loads. Cells in padding or beyond the
+the maximum of each window of the buffer with no bounds checks. Cells in padding or beyond the
 input are ignored (the buffer starts at -inf), as NNPACK does.
 """
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from nnjit.dispatch.registry import kernel
 from nnjit.kernels.intrinsics import maximum
+
+
+@njit(inline="always")
+def window_max(row, result, pool_w, stride):
+    """result[ox] = max(row[stride*ox : stride*ox + pool_w]), row padded so none is out of range."""
+    for ox in range(result.shape[0]):
+        result[ox] = row[stride * ox]
+    for k in range(1, pool_w):
+        for ox in range(result.shape[0]):
+            result[ox] = maximum(result[ox], row[stride * ox + k])
 
 
 @kernel("max_pooling_output", "direct",
@@ -35,31 +44,17 @@ def max_pooling_output(level):
             for oy in range(out_h):
                 y0 = oy * stride_h - pad_top
                 row[:] = neg_inf
+                inside = row[first:last]                # slices from 0: no negative indices
                 for iy in range(max(y0, 0), min(y0 + pool_h, height)):
-                    line = src[iy]
-                    for b in range(first, last):
-                        row[b] = maximum(row[b], line[b - pad_left])
-                result = dst[oy]
+                    line = src[iy, first - pad_left:last - pad_left]
+                    for b in range(inside.shape[0]):
+                        inside[b] = maximum(inside[b], line[b])
+                # Strides 1 and 2 as literals: LLVM vectorises their (interleaved) loads.
                 if stride_w == 1:
-                    for ox in range(out_w):
-                        result[ox] = row[ox]
-                    for k in range(1, pool_w):
-                        for ox in range(out_w):
-                            v = row[ox + k]
-                            result[ox] = maximum(result[ox], v)
+                    window_max(row, dst[oy], pool_w, 1)
                 elif stride_w == 2:
-                    for ox in range(out_w):
-                        result[ox] = row[2 * ox]
-                    for k in range(1, pool_w):
-                        for ox in range(out_w):
-                            v = row[2 * ox + k]
-                            result[ox] = maximum(result[ox], v)
+                    window_max(row, dst[oy], pool_w, 2)
                 else:
-                    for ox in range(out_w):
-                        result[ox] = row[stride_w * ox]
-                    for k in range(1, pool_w):
-                        for ox in range(out_w):
-                            v = row[stride_w * ox + k]
-                            result[ox] = maximum(result[ox], v)
+                    window_max(row, dst[oy], pool_w, stride_w)
 
     return max_pool
