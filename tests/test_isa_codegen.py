@@ -7,9 +7,7 @@ import pytest
 
 import nnjit
 from nnjit.dispatch import registry
-from nnjit.dispatch.isa import X86_LEVELS
-
-pytestmark = pytest.mark.skipif(nnjit.cpu_info().arch != "x86_64", reason="x86-64 host only")
+from nnjit.dispatch.isa import AARCH64_LEVELS, X86_LEVELS
 
 KERNELS = [(s.operation, s.algorithm) for s in registry.specs()]
 
@@ -18,6 +16,10 @@ def registers(asm):
     return {kind for kind in ("xmm", "ymm", "zmm") if re.search(rf"%{kind}\d", asm)}
 
 
+x86_host_only = pytest.mark.skipif(nnjit.cpu_info().arch != "x86_64", reason="x86-64 host only")
+
+
+@x86_host_only
 @pytest.mark.parametrize("level", [lv.name for lv in X86_LEVELS])
 @pytest.mark.parametrize("operation,algorithm", KERNELS)
 def test_kernel_registers_match_level(operation, algorithm, level):
@@ -35,8 +37,24 @@ def test_kernel_registers_match_level(operation, algorithm, level):
         assert fma == registry.spec(operation, algorithm).multiply_adds
 
 
+@x86_host_only
 def test_generic_level_has_no_vex_encoded_instructions():
     """SSE-only code: no VEX/EVEX ('v'-prefixed) vector instructions at all."""
     asm = nnjit.inspect_asm("softmax_output", level="generic")
     vex = {m for m in re.findall(r"^\s+(v[a-z0-9]+)\s", asm, re.M) if m != "vzeroupper"}
     assert not vex, sorted(vex)[:10]
+
+
+@pytest.mark.parametrize("level", [lv.name for lv in AARCH64_LEVELS])
+@pytest.mark.parametrize("operation,algorithm", KERNELS)
+def test_aarch64_levels_compile_to_neon_or_sve(operation, algorithm, level):
+    """Cross-compiled, never run: AArch64 code uses NEON v-registers (SVE z-registers on the
+    sve level), fmla where the kernel multiplies and adds, and no x86 register at all."""
+    asm = nnjit.inspect_asm(operation, level=level, algorithm=algorithm, arch="aarch64")
+    neon = bool(re.search(r"\bv\d+\.(4s|2s|16b|8b|2d)\b", asm))
+    sve = bool(re.search(r"\bz\d+\.[bhsd]\b", asm))
+    assert neon or (level == "sve" and sve)
+    if level == "sve":
+        assert sve
+    assert ("fmla" in asm) == registry.spec(operation, algorithm).multiply_adds
+    assert not registers(asm)

@@ -67,7 +67,7 @@ AARCH64_LEVELS = (
     _arm(3, "neon_dotprod", "+neon,+fullfp16,+dotprod", "neon fullfp16 dotprod", 128, True,
          "ASIMD with fp16 and int8 dot product"),
     _arm(4, "sve", "+neon,+fullfp16,+dotprod,+sve", "neon fullfp16 dotprod sve", 128, True,
-         "Scalable Vector Extension (compiled for 128-bit vectors)"),
+         "Scalable Vector Extension (z registers; tiles sized for 128-bit)"),
 )
 
 LEVELS_BY_ARCH = {"x86_64": X86_LEVELS, "aarch64": AARCH64_LEVELS}

@@ -154,16 +154,18 @@ def clear() -> None:
         _compile_seconds.clear()
 
 
-def inspect_asm(operation: str, level=None, algorithm: str | None = None) -> str:
+def inspect_asm(operation: str, level=None, algorithm: str | None = None, *,
+                arch: str | None = None) -> str:
     """Assembly of a kernel variant. ``level`` is a name or IsaLevel (default: in effect);
-    levels the host cannot run compile too (never called), for checking code generation."""
+    levels the host cannot run compile too (never called), for checking code generation,
+    and so do other architectures' levels (``arch="aarch64"`` on an x86-64 host)."""
     from nnjit.dispatch.isa import level_named
     from nnjit.dispatch.policy import get_isa
 
     if level is None:
-        level = get_isa()
+        level = get_isa() if arch is None else level_named("generic", arch)
     elif not isinstance(level, IsaLevel):
-        level = level_named(level)
+        level = level_named(level, arch)
     if algorithm is None:
         algorithm = next(s.algorithm for s in specs() if s.operation == operation) \
             if operation in operations() else "?"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property, partial
 
-from nnjit.dispatch.isa import IsaLevel
+from nnjit.dispatch.isa import IsaLevel, host_arch
 
 _lock = threading.RLock()
 _targets: dict[tuple[str, str], "LevelTarget"] = {}
@@ -45,10 +45,16 @@ class LevelTarget:
             def _get_host_cpu_features(self):
                 return features if cpu_name else super()._get_host_cpu_features()
 
+        if level.arch != host_arch():
+            LevelCodegen = _foreign_codegen(LevelCodegen, level.arch)
+
         class LevelTargetContext(cpu.CPUContext):
             def init(self):
                 super().init()
                 self._internal_codegen = LevelCodegen("numba.exec")
+
+        if level.arch != host_arch():
+            LevelTargetContext = _foreign_context(LevelTargetContext)
 
         class LevelTypingContext(typing.Context):
             def resolve_value_type(self, val):
@@ -108,6 +114,64 @@ class LevelTarget:
     @property
     def codegen(self):
         return self.descriptor.target_context.codegen()
+
+
+_TRIPLES = {"x86_64": "x86_64-unknown-linux-gnu", "aarch64": "aarch64-unknown-linux-gnu"}
+
+
+def _foreign_codegen(base, arch):
+    """A codegen for another architecture, for reading its assembly only: Numba's codegen
+    takes the process triple in two places (the target machine and each new module), so the
+    triple is swapped while the codegen is built and set on every module it makes. Code it
+    produces is never called."""
+    import contextlib
+
+    import llvmlite.binding as ll
+    from numba.core import codegen as numba_codegen
+
+    triple = _TRIPLES[arch]
+    ll.initialize_all_targets()
+    ll.initialize_all_asmprinters()
+
+    @contextlib.contextmanager
+    def process_triple():
+        saved = numba_codegen.ll.get_process_triple
+        numba_codegen.ll.get_process_triple = lambda: triple
+        try:
+            yield
+        finally:
+            numba_codegen.ll.get_process_triple = saved
+
+    class ForeignCodegen(base):
+        def __init__(self, module_name):
+            with process_triple():        # under Numba's compiler lock (context init)
+                super().__init__(module_name)
+
+        def _create_empty_module(self, name):
+            module = super()._create_empty_module(name)
+            module.triple = triple
+            return module
+
+    return ForeignCodegen
+
+
+def _foreign_context(base):
+    """Links kernels of another architecture with an NRT library compiled for that
+    architecture, not the host's (whose IR holds host-only intrinsics)."""
+    from numba.core import fastmathpass
+    from numba.core.runtime import nrtdynmod
+
+    class ForeignTargetContext(base):
+        _nrt_library = None
+
+        def post_lowering(self, mod, library):
+            if self.fastmath:
+                fastmathpass.rewrite_module(mod, self.fastmath)
+            if ForeignTargetContext._nrt_library is None:
+                ForeignTargetContext._nrt_library = nrtdynmod.compile_nrt_functions(self)
+            library.add_linking_library(ForeignTargetContext._nrt_library)
+
+    return ForeignTargetContext
 
 
 def _rebuild_dispatcher(arch, level_name, py_func, options):
