@@ -103,3 +103,12 @@ def test_errors_happen_before_output_is_written():
     with pytest.raises(errors.InvalidActivationParameters):
         nnjit.relu_output(np.ones((2, 3), np.float32), float("inf"), out=out)
     assert (out == 7.0).all()
+
+
+def test_read_only_inputs_are_accepted():
+    x = np.linspace(-1, 1, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(nnjit.relu_output(x), np.maximum(x, 0))
+    np.testing.assert_array_equal(nnjit.relu_input_gradient(x, x), np.where(x > 0, x, 0))
+    assert nnjit.softmax_output(x.reshape(2, 12)).shape == (2, 12)
+    assert nnjit.max_pooling_output(x, 2).shape == (1, 2, 2, 2)

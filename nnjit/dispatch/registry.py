@@ -36,7 +36,7 @@ class KernelSpec:
     operation: str                          # the public operation, e.g. "relu_output"
     algorithm: str                          # e.g. "direct", "implicit_gemm"
     build: Callable[[IsaLevel], Callable]   # level -> Python function to compile
-    signatures: tuple[str, ...]             # Numba signatures compiled for every level
+    signatures: tuple                       # Numba signatures compiled for every level
     parallel: bool = True
     description: str = ""
     multiply_adds: bool = False             # has a*b+c the avx2/avx512 code must fuse (FMA)
@@ -61,7 +61,7 @@ _loaded = False
 def kernel(operation: str, algorithm: str, *, signatures, parallel=True, description="",
            multiply_adds=False):
     """Register a kernel builder (used as a decorator in nnjit/kernels)."""
-    if isinstance(signatures, str):
+    if not isinstance(signatures, (tuple, list)):
         signatures = (signatures,)
 
     def register(build):

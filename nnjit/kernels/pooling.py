@@ -10,6 +10,7 @@ from numba import njit, prange
 
 from nnjit.dispatch.registry import kernel
 from nnjit.kernels.intrinsics import maximum
+from nnjit.kernels.signatures import i64, reads, void, writes
 
 
 @njit(inline="always")
@@ -23,8 +24,7 @@ def window_max(row, result, pool_w, stride):
 
 
 @kernel("max_pooling_output", "direct",
-        signatures="void(float32[:, :, :, ::1], float32[:, :, :, ::1], "
-                   "int64, int64, int64, int64, int64, int64)")
+        signatures=void(reads(4), writes(4), i64, i64, i64, i64, i64, i64))
 def max_pooling_output(level):
     """out[n, c, oy, ox] = max of x over the window at (oy*sh - pad_top, ox*sw - pad_left)."""
 

@@ -9,6 +9,7 @@ from numba import njit, prange
 
 from nnjit.dispatch.registry import kernel
 from nnjit.kernels.intrinsics import maximum
+from nnjit.kernels.signatures import destination, none, reads, void, writes
 from nnjit.kernels.vecmath import exp_f32
 
 
@@ -20,8 +21,7 @@ def row_max(row):
     return m
 
 
-@kernel("softmax_output", "direct", signatures=("void(float32[:, ::1], float32[:, ::1])",
-                                                "void(float32[:, ::1], none)"),
+@kernel("softmax_output", "direct", signatures=(void(reads(2), writes(2)), void(writes(2), none)),
         multiply_adds=True)
 def softmax_output(level):
     """out[r] = exp(x[r] - max x[r]) / sum exp(x[r] - max x[r]); out None: in place."""
@@ -29,7 +29,7 @@ def softmax_output(level):
     def softmax(x, out):
         for r in prange(x.shape[0]):
             src = x[r]
-            dst = src if out is None else out[r]   # see relu.py: in place must be known
+            dst = destination(out, src, r)
             m = row_max(src)
             total = np.float32(0.0)
             for c in range(src.shape[0]):
