@@ -54,9 +54,11 @@ def main(argv=None) -> int:
     asm.add_argument("operation")
     asm.add_argument("--level", default=None)
     asm.add_argument("--algorithm", default=None)
-    bench = commands.add_parser("bench", help="benchmark nnjit against torch and ncnn")
-    bench.add_argument("args", nargs=argparse.REMAINDER)
-    options = parser.parse_args(argv)
+    commands.add_parser("bench", help="benchmark nnjit against torch, ncnn and onnxruntime "
+                        "(options: python -m nnjit bench --help)", add_help=False)
+    options, rest = parser.parse_known_args(argv)
+    if rest and options.command != "bench":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
 
     if options.command == "info":
         print(info_text())
@@ -72,7 +74,7 @@ def main(argv=None) -> int:
     elif options.command == "bench":
         from nnjit.bench.run import main as bench_main
 
-        return bench_main(options.args)
+        return bench_main(rest)
     return 0
 
 
