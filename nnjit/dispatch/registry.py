@@ -23,6 +23,7 @@ KERNEL_MODULES = (
     "nnjit.kernels.relu",
     "nnjit.kernels.softmax",
     "nnjit.kernels.pooling",
+    "nnjit.kernels.gemm",
 )
 
 # fastmath flags for every kernel: reassociation and contraction (so reductions vectorise

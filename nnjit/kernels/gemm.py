@@ -1,0 +1,460 @@
+"""Packed, register-blocked float32 GEMM: C (=, +=) A @ B, or A @ B^T with B stored [N, K].
+
+The engine under the fully-connected and implicit-GEMM convolution layers, built the way
+BLIS/NNPACK build theirs:
+
+- loop jc over NC-column blocks of C (B panel sized for L3), loop pc over KC-deep slices of
+  K (micro-panels sized for L1), then for each (jc, pc):
+  one parallel launch packs A[:, pc:pc+KC] into MR-row micro-panels and B[pc:pc+KC, jc:jc+NC]
+  (or B^T) into NR-column micro-panels, both zero-padded to whole tiles, so the micro-kernel
+  never reads or writes out of bounds; a second launch runs tasks (an MC-row block of A that
+  stays in L2 x a chunk of B micro-panels) in which each B micro-panel stays in L1 while
+  every A micro-panel of the block streams past it.
+- the micro-kernel computes one MR x NR tile in MR * NR/vector_floats accumulators that are
+  LLVM vector values (<vector_floats x float>, via the intrinsics below: Numba has no vector
+  type and leaves LLVM's SLP vectoriser off), named in source generated from the level's
+  compile-time MR and NR. They are the k loop's phis, so the loop holds no load or store of
+  C: per k, NR/vector_floats vector loads of B, MR broadcasts of A and one llvm.fmuladd per
+  accumulator (vfmadd on FMA levels, mul + add elsewhere). The C tile is prefetched before
+  the k loop (its misses were 10% at 1024^3). Edge tiles go through a scratch tile.
+- the first K slice overwrites C (unless accumulating), later ones add: NNPACK's ``update``.
+
+Tile shape and blocking come from the level (``vector_floats``) and the host caches
+(NNPACK's budget rules, reference/nnpack.md 5.3), never from a per-ISA copy of the code.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic, models, register_model
+
+from nnjit.dispatch.registry import kernel
+
+# Tile shape per (float32 lanes, FMA): (MR rows, NR columns as a count of vectors). Measured
+# on Zen 4 at 1024^3 / 2048^3, one thread (GFLOP/s at 1024):
+#   avx512: 6x32 100, 8x32 97, 12x32 91, 14x32 82-90 (zmm; 12 accumulators suffice)
+#   avx2:   4x24 96 (NNPACK's AVX2 shape), 6x16 89, 4x16 89
+#   avx:    6x16 73, 4x16 71, 4x24 46 and 3x32 46 (no FMA: a temporary per product spills)
+#   sse4:   4x8 35, 6x8 31-35, 4x12 27, 3x16 28
+TILE_VECTORS = {
+    (4, False): (4, 2),     # 4 x 8 on xmm: 8 accumulators, mul + add
+    (4, True): (4, 2),
+    (8, False): (6, 2),     # 6 x 16 on ymm, mul + add
+    (8, True): (4, 3),      # 4 x 24 on ymm: 12 accumulators + 3 B vectors + 1 broadcast
+    (16, True): (6, 2),     # 6 x 32 on zmm: 12 accumulators
+}
+
+
+def tile_shape(level) -> tuple[int, int]:
+    """(MR, NR) for a level; NNJIT_GEMM_TILE=MRxNR overrides it (for tuning)."""
+    override = os.environ.get("NNJIT_GEMM_TILE", "").strip()
+    if override:
+        mr, nr = (int(v) for v in override.lower().split("x"))
+        return mr, nr
+    mr, nvec = TILE_VECTORS.get((level.vector_floats, level.fma), (4, 2))
+    return mr, nvec * level.vector_floats
+
+
+def _round_down(x: int, m: int) -> int:
+    return max(m, x // m * m)
+
+
+def blocking(mr: int, nr: int) -> tuple[int, int, int]:
+    """(KC, MC, NC) from the host caches, NNPACK's budget rules (nnpack.md 5.3):
+    L1 budget = L1 / threads sharing it; L2 budget = (L2 - L1) / threads sharing it;
+    L3 budget = L3 - L2; KC = E1 / (mr + nr) rounded down to 2, MC = round_down(E2 / KC, mr),
+    NC = round_down(E3 / KC, nr), E = budget / 4 bytes."""
+    from nnjit.dispatch.cpu import cpu_info
+
+    info = cpu_info()
+    l1 = info.l1d_bytes or 32 * 1024
+    l2 = info.l2_bytes or 256 * 1024
+    l3 = info.l3_bytes or 2 * 1024 * 1024
+    e1 = l1 // max(info.l1d_shared_by, 1) // 4
+    e2 = (l2 - l1) // max(info.l2_shared_by, 1) // 4
+    e3 = (l3 - l2) // 4
+    override = os.environ.get("NNJIT_GEMM_KC", "").strip()
+    kc = int(override) if override else _round_down(e1 // (mr + nr), 2)
+    mc = _round_down(e2 // kc, mr)
+    nc = _round_down(e3 // kc, nr)
+    return kc, mc, nc
+
+
+class F32Vector(types.Type):
+    """An LLVM <width x float> value: what Numba has no type for, and SLP (off in Numba)
+    would otherwise have to discover."""
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__(name=f"f32x{width}")
+
+
+@register_model(F32Vector)
+class _F32VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.width))
+
+
+def _element_pointer(context, builder, aryty, ary, index):
+    array = context.make_array(aryty)(context, builder, value=ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, array, [index])
+    return ptr
+
+
+@functools.lru_cache(maxsize=None)
+def vector_ops(width: int):
+    """Intrinsics on <width x float>: (vzero, vsplat, vload, vstore, vfma, vadd).
+    vload/vstore take a 1-D C-contiguous float32 array and an element index (unaligned)."""
+    vty = F32Vector(width)
+    llvm_vty = ir.VectorType(ir.FloatType(), width)
+
+    def is_f32_row(t):
+        return isinstance(t, types.Array) and t.dtype == types.float32 and t.ndim == 1 \
+            and t.layout == "C"
+
+    @intrinsic
+    def vzero(typingctx):
+        def codegen(context, builder, signature, args):
+            return ir.Constant(llvm_vty, [ir.Constant(ir.FloatType(), 0.0)] * width)
+        return vty(), codegen
+
+    @intrinsic
+    def vsplat(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            one = builder.insert_element(ir.Constant(llvm_vty, ir.Undefined), args[0],
+                                         ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, ir.Constant(llvm_vty, ir.Undefined),
+                                          ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                      [0] * width))
+        return vty(types.float32), codegen
+
+    @intrinsic
+    def vload(typingctx, arr, index):
+        if not is_f32_row(arr) or not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            vptr = builder.bitcast(ptr, llvm_vty.as_pointer())
+            return builder.load(vptr, align=4)
+        return vty(arr, index), codegen
+
+    @intrinsic
+    def vstore(typingctx, arr, index, value):
+        if not is_f32_row(arr) or not isinstance(index, types.Integer) or value != vty:
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            vptr = builder.bitcast(ptr, llvm_vty.as_pointer())
+            builder.store(args[2], vptr, align=4)
+            return context.get_dummy_value()
+        return types.none(arr, index, value), codegen
+
+    @intrinsic
+    def vfma(typingctx, a, b, c):
+        """a * b + c; one vfmadd where the level has FMA (llvm.fmuladd), else mul + add."""
+        if not (a == b == c == vty):
+            return None
+
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(llvm_vty, [llvm_vty] * 3),
+                f"llvm.fmuladd.v{width}f32")
+            return builder.call(fn, args)
+        return vty(vty, vty, vty), codegen
+
+    @intrinsic
+    def vadd(typingctx, a, b):
+        if not (a == b == vty):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fadd(args[0], args[1])
+        return vty(vty, vty), codegen
+
+    return vzero, vsplat, vload, vstore, vfma, vadd
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Prefetch (for writing) the cache line holding arr[index] of a 1-D float32 array."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.float32
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
+
+
+@functools.lru_cache(maxsize=None)
+def micro_kernel(mr: int, nr: int, width: int):
+    """The MR x NR micro-kernel for <width x float> vectors (a plain @njit helper; each
+    level compiles its own twin).
+
+    micro(kc, ap, bp, c, row0, col0, update):
+        c[row0 + i, col0 + j] (=, +=) sum_k ap[k*MR + i] * bp[k*NR + j]
+    for a packed k x MR panel ap, a packed k x NR panel bp and a C-contiguous c.
+    The MR x NR/width accumulators are named vector values, the k loop's phis: they live
+    in registers, and the loop body is NR/width vector loads of B, MR broadcasts of A and
+    MR * NR/width fused multiply-adds."""
+    nv = nr // width
+    assert nv * width == nr, (mr, nr, width)
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    lines = ["def micro(kc, ap, bp, c, row0, col0, update):"]
+    # The C tile is read (update) or written only after the k loop: prefetching its lines
+    # now hides the cache misses behind the k loop.
+    for i in range(mr):
+        lines.append(f"    row = c[row0 + {i}]")
+        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
+        lines.append(f"    prefetch(row, col0 + {nr - 1})")
+    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    lines.append("    for k in range(kc):")
+    lines += [f"        b{v} = vload(bp, k * {nr} + {v * width})" for v in range(nv)]
+    for i in range(mr):
+        lines.append(f"        a = vsplat(ap[k * {mr} + {i}])")
+        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines.append("    if update:")
+    for i in range(mr):
+        lines.append(f"        row = c[row0 + {i}]")
+        lines += [f"        vstore(row, col0 + {v * width}, "
+                  f"vadd(vload(row, col0 + {v * width}), {acc[i][v]}))"
+                  for v in range(nv)]
+    lines.append("    else:")
+    for i in range(mr):
+        lines.append(f"        row = c[row0 + {i}]")
+        lines += [f"        vstore(row, col0 + {v * width}, {acc[i][v]})" for v in range(nv)]
+    namespace = dict(zip(("vzero", "vsplat", "vload", "vstore", "vfma", "vadd"),
+                         vector_ops(width)), prefetch=prefetch)
+    # Compiled under this file's name so Numba's disk cache can locate it.
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
+    micro = namespace["micro"]
+    micro.__qualname__ = micro.__name__ = f"micro_{mr}x{nr}"
+    # Only contraction: with reassociation the loop vectoriser may vectorise the k loop
+    # itself (every accumulator a reduction over k, the panels read by gathers).
+    return njit(fastmath={"contract"}, inline="never")(micro)
+
+
+# Compute tasks per (jc, pc) step, at least, all of about the same size: prange splits its
+# range statically, so 16 equal tasks share evenly among 1, 2, 4, 8 or 16 threads.
+TASKS = 16
+
+_F32 = types.float32
+SIGNATURES = (
+    # gemm(a [M,K], b [K,N] or [N,K] when trans_b, c [M,N], accumulate, trans_b, workspace):
+    # a and b read-only (so read-only arrays are accepted), all C-contiguous float32.
+    types.void(types.Array(_F32, 2, "C", readonly=True), types.Array(_F32, 2, "C", readonly=True),
+               types.Array(_F32, 2, "C"), types.boolean, types.boolean,
+               types.Array(_F32, 1, "C")),
+)
+
+
+def workspace_floats(level, m: int, n: int, k: int) -> int:
+    """Floats of workspace the packed GEMM needs for an [m, k] x [k, n] product at a level
+    (a smaller workspace is allowed: the kernel then allocates its own, which costs page
+    faults on every call for large sizes)."""
+    mr, nr = tile_shape(level)
+    kc, _, nc = blocking(mr, nr)
+    kc = min(kc, k)
+    return (-(-m // mr) * mr + -(-min(nc, n) // nr) * nr) * kc
+
+
+@kernel("gemm", "packed", signatures=SIGNATURES, multiply_adds=True)
+def gemm_packed(level):
+    """C[M,N] (=, or += when accumulate) A[M,K] @ B, B given [K,N] or (trans_b) [N,K]."""
+    MR, NR = tile_shape(level)
+    KC, MC, NC = blocking(MR, NR)
+
+    def gemm(a, b, c, accumulate, trans_b, workspace):
+        M = a.shape[0]
+        K = a.shape[1]
+        N = c.shape[1]
+        if M == 0 or N == 0:
+            return
+        if K == 0:
+            if not accumulate:
+                c[:, :] = 0
+            return
+        kc_max = min(KC, K)
+        m_panels = (M + MR - 1) // MR
+        n_panels_max = (min(NC, N) + NR - 1) // NR
+        a_size = m_panels * MR * kc_max
+        b_size = n_panels_max * NR * kc_max
+        if workspace.shape[0] < a_size + b_size:
+            workspace = np.empty(a_size + b_size, np.float32)
+        apack = workspace[:a_size]
+        bpack = workspace[a_size:a_size + b_size]
+        # MC-row blocks of A of equal size (whole micro-panels).
+        m_blocks = (m_panels * MR + MC - 1) // MC
+        block_panels = (m_panels + m_blocks - 1) // m_blocks
+        m_blocks = (m_panels + block_panels - 1) // block_panels
+        for jc in range(0, N, NC):
+            nc = min(NC, N - jc)
+            n_panels = (nc + NR - 1) // NR
+            # Chunks of B micro-panels, so that there are about TASKS tasks. (The thread
+            # count is not asked for: numba.get_num_threads() is an external function
+            # pointer, a "dynamic global" that would make the kernel uncacheable.)
+            want_chunks = min(n_panels, max(1, (TASKS + m_blocks - 1) // m_blocks))
+            chunk = (n_panels + want_chunks - 1) // want_chunks
+            n_chunks = (n_panels + chunk - 1) // chunk
+            for pc in range(0, K, KC):
+                kc = min(KC, K - pc)
+                update = accumulate or pc > 0
+                # 1. pack A's MR-row and B's NR-column micro-panels, zero-padded to whole
+                # tiles: element (k, i) of a panel at k * MR + i (k * NR + j for B).
+                for p in prange(m_panels):
+                    dst = apack[p * MR * kc:(p + 1) * MR * kc]
+                    rows = min(MR, M - p * MR)
+                    src = a[p * MR:p * MR + rows, pc:pc + kc]
+                    if rows == MR:
+                        for k in range(kc):
+                            d = dst[k * MR:(k + 1) * MR]
+                            for i in range(MR):
+                                d[i] = src[i, k]
+                    else:
+                        for k in range(kc):
+                            d = dst[k * MR:(k + 1) * MR]
+                            for i in range(rows):
+                                d[i] = src[i, k]
+                            for i in range(rows, MR):
+                                d[i] = 0
+                for q in prange(n_panels):
+                    dst = bpack[q * NR * kc:(q + 1) * NR * kc]
+                    col0 = jc + q * NR
+                    cols = min(NR, N - col0)
+                    if trans_b:
+                        src = b[col0:col0 + cols, pc:pc + kc]
+                        for k in range(kc):
+                            d = dst[k * NR:(k + 1) * NR]
+                            for j in range(cols):
+                                d[j] = src[j, k]
+                            for j in range(cols, NR):
+                                d[j] = 0
+                    else:
+                        for k in range(kc):
+                            src = b[pc + k, col0:col0 + cols]
+                            d = dst[k * NR:(k + 1) * NR]
+                            for j in range(cols):
+                                d[j] = src[j]
+                            for j in range(cols, NR):
+                                d[j] = 0
+                # 2. the tiles. A task is an MC-row block of A (kept in L2) times a chunk
+                # of B micro-panels; each B micro-panel meets every A micro-panel of the
+                # block in turn.
+                for task in prange(m_blocks * n_chunks):
+                    bi = task // n_chunks
+                    ci = task - bi * n_chunks
+                    p_lo = bi * block_panels
+                    p_hi = min(m_panels, p_lo + block_panels)
+                    q_lo = ci * chunk
+                    q_hi = min(n_panels, q_lo + chunk)
+                    scratch = np.empty((MR, NR), np.float32)
+                    for q in range(q_lo, q_hi):
+                        bp = bpack[q * NR * kc:(q + 1) * NR * kc]
+                        col0 = jc + q * NR
+                        cols = min(NR, N - col0)
+                        for p in range(p_lo, p_hi):
+                            ap = apack[p * MR * kc:(p + 1) * MR * kc]
+                            row0 = p * MR
+                            rows = min(MR, M - row0)
+                            if rows == MR and cols == NR:
+                                _micro_kernel(kc, ap, bp, c, row0, col0, update)
+                            else:
+                                # Edge tile: compute it whole into scratch, store its part.
+                                _micro_kernel(kc, ap, bp, scratch, 0, 0, False)
+                                tile = c[row0:row0 + rows, col0:col0 + cols]
+                                for i in range(rows):
+                                    if update:
+                                        for j in range(cols):
+                                            tile[i, j] += scratch[i, j]
+                                    else:
+                                        for j in range(cols):
+                                            tile[i, j] = scratch[i, j]
+
+    return _with_globals(gemm, _micro_kernel=micro_kernel(MR, NR, level.vector_floats))
+
+
+def _with_globals(function, **extra):
+    """``function`` with names added to its globals. The micro-kernel reaches the driver as
+    a global, not a closure cell: Numba's disk-cache key pickles closure cells, and a
+    dispatcher of generated code pickles differently in every process (a cache miss each
+    time); globals are not part of the key (the level's variant name and the closure's
+    tile sizes are, which fix the micro-kernel)."""
+    import types as pytypes
+
+    made = pytypes.FunctionType(function.__code__, dict(function.__globals__, **extra),
+                                function.__name__, function.__defaults__, function.__closure__)
+    made.__qualname__ = function.__qualname__
+    made.__doc__ = function.__doc__
+    made.__module__ = function.__module__
+    return made
+
+
+def gemm(a, b, out=None, *, level=None, accumulate=False, trans_b=False):
+    """out = a @ b (or a @ b.T when trans_b, b stored [N, K]); accumulate: out += ...
+
+    a, b: 2-D float32 (made C-contiguous float32 if they are not). out: a C-contiguous
+    float32 [M, N] array, allocated when None (accumulate then needs it given).
+    level: an IsaLevel or its name (default: the level in effect)."""
+    from nnjit.dispatch import registry
+    from nnjit.dispatch.isa import IsaLevel, level_named
+    from nnjit.dispatch.policy import apply_num_threads, get_isa
+    from nnjit.errors import InvalidArgument
+
+    if level is None:
+        level = get_isa()
+    elif not isinstance(level, IsaLevel):
+        level = level_named(level)
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    b = np.ascontiguousarray(b, dtype=np.float32)
+    if a.ndim != 2 or b.ndim != 2:
+        raise InvalidArgument(f"gemm: a and b must be 2-D, got {a.shape} and {b.shape}")
+    m, k = a.shape
+    n, kb = (b.shape if trans_b else b.shape[::-1])
+    if kb != k:
+        raise InvalidArgument(f"gemm: inner dimensions differ: a {a.shape}, b {b.shape}"
+                              f"{' (transposed)' if trans_b else ''}")
+    if out is None:
+        if accumulate:
+            raise InvalidArgument("gemm: accumulate=True needs out")
+        out = np.empty((m, n), np.float32)
+    elif (out.shape != (m, n) or out.dtype != np.float32
+          or not out.flags.c_contiguous):
+        raise InvalidArgument(f"gemm: out must be a C-contiguous float32 array of shape "
+                              f"{(m, n)}, got {out.dtype} {out.shape}")
+    apply_num_threads()
+    workspace = _workspace(workspace_floats(level, m, n, k))
+    registry.variant("gemm", "packed", level)(a, b, out, bool(accumulate), bool(trans_b),
+                                              workspace)
+    return out
+
+
+_workspaces = threading.local()
+
+
+def _workspace(floats: int) -> np.ndarray:
+    """This thread's packing workspace, grown on demand and kept (a fresh multi-megabyte
+    allocation per call page-faults: 6-8% of a 1024^3 product)."""
+    buffer = getattr(_workspaces, "buffer", None)
+    if buffer is None or buffer.shape[0] < floats:
+        buffer = _workspaces.buffer = np.empty(max(floats, 1), np.float32)
+    return buffer
