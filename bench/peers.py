@@ -212,39 +212,24 @@ class Ncnn(Peer):
             if net.load_param_mem(param) != 0 or net.load_model(ncnn.DataReaderFromEmpty()) != 0:
                 raise RuntimeError("ncnn Net: load failed")
             mat = ncnn.Mat(x.reshape(n * c, h, w))         # shares x
-            # Inside an ncnn net, blobs stay in the packed layout the layers prefer (elempack
-            # 16 with AVX-512): pack the input once, outside the timing, and take the output
-            # packed (extract type 1), as the next layer would.
-            ex = net.create_extractor()
-            ex.input("data", mat)
-            ret, probe = ex.extract("out", 1)
-            if ret != 0:
-                raise RuntimeError(f"ncnn extract returned {ret}")
-            pack = probe.elempack
-            src = mat
-            if pack > 1:
-                src = ncnn.Mat()
-                ncnn.convert_packing(mat, src, pack, self._option())
+            # nnjit takes and returns plain NCHW, so ncnn does too: its net packs the input to
+            # the layout its pooling prefers (elempack 16 with AVX-512) and extract type 0
+            # unpacks the output; both are part of the timed call, as for an NCHW user.
             box = [None]
 
             def call():
                 ex = net.create_extractor()
-                ex.input("data", src)
-                ret, out = ex.extract("out", 1)
+                ex.input("data", mat)
+                ret, out = ex.extract("out", 0)
                 if ret != 0:
                     raise RuntimeError(f"ncnn extract returned {ret}")
                 box[0] = out
 
             def result():
-                out = box[0]
-                if out.elempack > 1:
-                    flat = ncnn.Mat()
-                    ncnn.convert_packing(out, flat, 1, self._option())
-                    out = flat
-                return np.array(out).reshape(cfg.out_shape)
-            return Runner(call, result, f"Net(Input, Pooling), input and output in elempack "
-                                        f"{pack} (packed outside the timing)",
-                          keep=(net, mat, src, x, blob_alloc, work_alloc))
+                return np.array(box[0]).reshape(cfg.out_shape)
+            return Runner(call, result, "Net(Input, Pooling), NCHW in and out (packing "
+                                        "inside the timed call)",
+                          keep=(net, mat, x, blob_alloc, work_alloc))
         raise NotSupported(cfg.op)
 
 

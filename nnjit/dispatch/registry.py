@@ -13,7 +13,7 @@ import importlib
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from nnjit.dispatch.isa import IsaLevel

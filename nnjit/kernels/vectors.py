@@ -1,0 +1,132 @@
+"""Explicit LLVM vector values for kernels: <width x float> as a Numba type, and intrinsics
+on it (zero, splat, load, store, fused multiply-add, add, maximum) plus a prefetch.
+
+Numba has no vector type and ships with LLVM's SLP vectoriser off, so values that must stay
+in vector registers (a GEMM micro-kernel's accumulators) or loops whose trip count is not a
+multiple of the vector width are written with these. The width comes from the ISA level.
+"""
+import functools
+
+from llvmlite import ir
+from numba.core import cgutils, types
+from numba.core.extending import intrinsic, models, register_model
+
+
+class F32Vector(types.Type):
+    """An LLVM <width x float> value: what Numba has no type for, and SLP (off in Numba)
+    would otherwise have to discover."""
+
+    def __init__(self, width: int):
+        self.width = width
+        super().__init__(name=f"f32x{width}")
+
+
+@register_model(F32Vector)
+class _F32VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(ir.FloatType(), fe_type.width))
+
+
+def _element_pointer(context, builder, aryty, ary, index):
+    array = context.make_array(aryty)(context, builder, value=ary)
+    ptr = cgutils.get_item_pointer(context, builder, aryty, array, [index])
+    return ptr
+
+
+@functools.lru_cache(maxsize=None)
+def vector_ops(width: int):
+    """Intrinsics on <width x float>: (vzero, vsplat, vload, vstore, vfma, vadd).
+    vload/vstore take a 1-D C-contiguous float32 array and an element index (unaligned)."""
+    vty = F32Vector(width)
+    llvm_vty = ir.VectorType(ir.FloatType(), width)
+
+    def is_f32_row(t):
+        return isinstance(t, types.Array) and t.dtype == types.float32 and t.ndim == 1 \
+            and t.layout == "C"
+
+    @intrinsic
+    def vzero(typingctx):
+        def codegen(context, builder, signature, args):
+            return ir.Constant(llvm_vty, [ir.Constant(ir.FloatType(), 0.0)] * width)
+        return vty(), codegen
+
+    @intrinsic
+    def vsplat(typingctx, x):
+        if x != types.float32:
+            return None
+
+        def codegen(context, builder, signature, args):
+            one = builder.insert_element(ir.Constant(llvm_vty, ir.Undefined), args[0],
+                                         ir.Constant(ir.IntType(32), 0))
+            return builder.shuffle_vector(one, ir.Constant(llvm_vty, ir.Undefined),
+                                          ir.Constant(ir.VectorType(ir.IntType(32), width),
+                                                      [0] * width))
+        return vty(types.float32), codegen
+
+    @intrinsic
+    def vload(typingctx, arr, index):
+        if not is_f32_row(arr) or not isinstance(index, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            vptr = builder.bitcast(ptr, llvm_vty.as_pointer())
+            return builder.load(vptr, align=4)
+        return vty(arr, index), codegen
+
+    @intrinsic
+    def vstore(typingctx, arr, index, value):
+        if not is_f32_row(arr) or not isinstance(index, types.Integer) or value != vty:
+            return None
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            vptr = builder.bitcast(ptr, llvm_vty.as_pointer())
+            builder.store(args[2], vptr, align=4)
+            return context.get_dummy_value()
+        return types.none(arr, index, value), codegen
+
+    @intrinsic
+    def vfma(typingctx, a, b, c):
+        """a * b + c; one vfmadd where the level has FMA (llvm.fmuladd), else mul + add."""
+        if not (a == b == c == vty):
+            return None
+
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(llvm_vty, [llvm_vty] * 3),
+                f"llvm.fmuladd.v{width}f32")
+            return builder.call(fn, args)
+        return vty(vty, vty, vty), codegen
+
+    @intrinsic
+    def vadd(typingctx, a, b):
+        if not (a == b == vty):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.fadd(args[0], args[1])
+        return vty(vty, vty), codegen
+
+    return vzero, vsplat, vload, vstore, vfma, vadd
+
+
+@intrinsic
+def prefetch(typingctx, arr, index):
+    """Prefetch (for writing) the cache line holding arr[index] of a 1-D float32 array."""
+    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.float32
+            and isinstance(index, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
+                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+
+    return types.none(arr, index), codegen
