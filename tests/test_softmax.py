@@ -48,3 +48,28 @@ def test_softmax_nan_propagates_to_its_row_only(level):
     out = nnjit.softmax_output(x)
     assert np.isnan(out[0]).all()
     np.testing.assert_allclose(out[1], 1 / 33, rtol=1e-6)
+
+
+def test_vectorised_exp_over_float32_range():
+    """exp_f32 against float64 exp: 2 ulp where the result is normal, exact 0 and inf
+    beyond the range, NaN in, NaN out."""
+    from numba import njit
+
+    from nnjit.kernels.vecmath import exp_f32
+
+    @njit
+    def apply(x, out):
+        for i in range(x.shape[0]):
+            out[i] = exp_f32(x[i])
+
+    x = np.concatenate([np.linspace(-110, 95, 200_001, dtype=np.float32),
+                        np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)])
+    out = np.empty_like(x)
+    apply(x, out)
+    with np.errstate(over="ignore"):
+        expected = np.exp(x.astype(np.float64))
+    normal = (expected >= np.finfo(np.float32).tiny) & (expected <= np.finfo(np.float32).max)
+    assert max_relative_error(expected[normal], out[normal]) < 2.5e-7
+    assert (out[expected > np.finfo(np.float32).max] == np.inf).all()
+    assert (out[expected < 1e-46] == 0).all()
+    assert np.isnan(out[-5]) and out[-4] == np.inf and out[-3] == 0 and out[-2] == out[-1] == 1
