@@ -78,6 +78,22 @@ def kernel(operation: str, algorithm: str, *, signatures, parallel=True, descrip
     return register
 
 
+def with_globals(function, **extra):
+    """``function`` with names added to its globals, for builders that hand a kernel
+    level-specific helpers (intrinsics for the level's vector width, a generated micro-
+    kernel). Not closure cells: Numba's disk-cache key pickles closure cells, and such
+    helpers pickle differently in every process (a cache miss each time); globals are not in
+    the key, and the variant name and the closure's constants already fix them."""
+    import types as pytypes
+
+    made = pytypes.FunctionType(function.__code__, dict(function.__globals__, **extra),
+                                function.__name__, function.__defaults__, function.__closure__)
+    made.__qualname__ = function.__qualname__
+    made.__doc__ = function.__doc__
+    made.__module__ = function.__module__
+    return made
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:

@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit, prange
 from numba.core import types
 
-from nnjit.dispatch.registry import kernel
+from nnjit.dispatch.registry import kernel, with_globals
 from nnjit.kernels.vectors import prefetch, vector_ops
 
 # Tile shape per (float32 lanes, FMA): (MR rows, NR columns as a count of vectors). Measured
@@ -122,8 +122,7 @@ def micro_kernel(mr: int, nr: int, width: int):
     for i in range(mr):
         lines.append(f"        row = c[row0 + {i}]")
         lines += [f"        vstore(row, col0 + {v * width}, {acc[i][v]})" for v in range(nv)]
-    namespace = dict(zip(("vzero", "vsplat", "vload", "vstore", "vfma", "vadd"),
-                         vector_ops(width)), prefetch=prefetch)
+    namespace = dict(vector_ops(width), prefetch=prefetch)
     # Compiled under this file's name so Numba's disk cache can locate it.
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     micro = namespace["micro"]
@@ -269,23 +268,8 @@ def gemm_packed(level):
                                         for j in range(cols):
                                             tile[i, j] = scratch[i, j]
 
-    return _with_globals(gemm, _micro_kernel=micro_kernel(MR, NR, level.vector_floats))
+    return with_globals(gemm, _micro_kernel=micro_kernel(MR, NR, level.vector_floats))
 
-
-def _with_globals(function, **extra):
-    """``function`` with names added to its globals. The micro-kernel reaches the driver as
-    a global, not a closure cell: Numba's disk-cache key pickles closure cells, and a
-    dispatcher of generated code pickles differently in every process (a cache miss each
-    time); globals are not part of the key (the level's variant name and the closure's
-    tile sizes are, which fix the micro-kernel)."""
-    import types as pytypes
-
-    made = pytypes.FunctionType(function.__code__, dict(function.__globals__, **extra),
-                                function.__name__, function.__defaults__, function.__closure__)
-    made.__qualname__ = function.__qualname__
-    made.__doc__ = function.__doc__
-    made.__module__ = function.__module__
-    return made
 
 
 def gemm(a, b, out=None, *, level=None, accumulate=False, trans_b=False):

@@ -34,9 +34,10 @@ def _element_pointer(context, builder, aryty, ary, index):
 
 
 @functools.lru_cache(maxsize=None)
-def vector_ops(width: int):
-    """Intrinsics on <width x float>: (vzero, vsplat, vload, vstore, vfma, vadd).
-    vload/vstore take a 1-D C-contiguous float32 array and an element index (unaligned)."""
+def vector_ops(width: int) -> dict:
+    """Intrinsics on <width x float>, by name: vzero, vsplat, vload, vstore, vfma, vadd,
+    vmax, vload_even. vload/vstore/vload_even take a 1-D C-contiguous float32 array and an
+    element index (unaligned)."""
     vty = F32Vector(width)
     llvm_vty = ir.VectorType(ir.FloatType(), width)
 
@@ -108,7 +109,36 @@ def vector_ops(width: int):
             return builder.fadd(args[0], args[1])
         return vty(vty, vty), codegen
 
-    return vzero, vsplat, vload, vstore, vfma, vadd
+    @intrinsic
+    def vmax(typingctx, a, b):
+        """Lane-wise IEEE maximum, NaN if either lane is NaN (llvm.maximum)."""
+        if not (a == b == vty):
+            return None
+
+        def codegen(context, builder, signature, args):
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(llvm_vty, [llvm_vty] * 2),
+                f"llvm.maximum.v{width}f32")
+            return builder.call(fn, args)
+        return vty(vty, vty), codegen
+
+    @intrinsic
+    def vload_even(typingctx, arr, index):
+        """arr[index], arr[index + 2], ..., arr[index + 2 * (width - 1)]: a stride-2 load,
+        as two vector loads and one shuffle (reads arr[index + 2 * width - 1] too)."""
+        if not is_f32_row(arr) or not isinstance(index, types.Integer):
+            return None
+        wide = ir.VectorType(ir.FloatType(), 2 * width)
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            both = builder.load(builder.bitcast(ptr, wide.as_pointer()), align=4)
+            evens = ir.Constant(ir.VectorType(ir.IntType(32), width), list(range(0, 2 * width, 2)))
+            return builder.shuffle_vector(both, ir.Constant(wide, ir.Undefined), evens)
+        return vty(arr, index), codegen
+
+    return dict(vzero=vzero, vsplat=vsplat, vload=vload, vstore=vstore, vfma=vfma, vadd=vadd,
+                vmax=vmax, vload_even=vload_even)
 
 
 @intrinsic
