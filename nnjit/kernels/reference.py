@@ -50,3 +50,57 @@ def max_relative_error(reference, output) -> float:
                                                         np.abs(reference))
     error = np.where(same, 0.0, np.where(np.isnan(error), np.inf, error))
     return float(error.max()) if error.size else 0.0
+
+
+def _padded(x, padding):
+    top, right, bottom, left = padding
+    return np.pad(x.astype(np.float64), ((0, 0), (0, 0), (top, bottom), (left, right)))
+
+
+def _taps(out_h, out_w, kernel_h, kernel_w, stride):
+    """(i, j, rows, cols): for each kernel tap, the strided slices of the padded input it
+    meets across the output."""
+    sh, sw = stride
+    for i in range(kernel_h):
+        for j in range(kernel_w):
+            yield i, j, slice(i, i + sh * (out_h - 1) + 1, sh), slice(j, j + sw * (out_w - 1) + 1, sw)
+
+
+def convolution_output(x, w, bias, padding, stride, relu=False):
+    """Cross-correlation of x (N, C, H, W) with w (K, C, KH, KW), plus bias, then ReLU.
+    ``padding`` is (top, right, bottom, left), ``stride`` (sh, sw)."""
+    xp = _padded(x, padding)
+    k, _, kh, kw = w.shape
+    out_h = (xp.shape[2] - kh) // stride[0] + 1
+    out_w = (xp.shape[3] - kw) // stride[1] + 1
+    out = np.zeros((x.shape[0], k, out_h, out_w))
+    for i, j, rows, cols in _taps(out_h, out_w, kh, kw, stride):
+        out += np.einsum("nchw,kc->nkhw", xp[:, :, rows, cols], w[:, :, i, j].astype(np.float64))
+    if bias is not None:
+        out += bias.astype(np.float64)[None, :, None, None]
+    return np.maximum(out, 0) if relu else out
+
+
+def convolution_input_gradient(grad_output, w, input_size, padding, stride):
+    """d(loss)/d(x) for convolution_output, given d(loss)/d(output)."""
+    top, right, bottom, left = padding
+    n, k, out_h, out_w = grad_output.shape
+    _, c, kh, kw = w.shape
+    h, wd = input_size
+    grad = np.zeros((n, c, top + h + bottom, left + wd + right))
+    g = grad_output.astype(np.float64)
+    for i, j, rows, cols in _taps(out_h, out_w, kh, kw, stride):
+        grad[:, :, rows, cols] += np.einsum("nkhw,kc->nchw", g, w[:, :, i, j].astype(np.float64))
+    return grad[:, :, top:top + h, left:left + wd]
+
+
+def convolution_kernel_gradient(x, grad_output, kernel_size, padding, stride):
+    """d(loss)/d(w) for convolution_output, summed over the batch."""
+    xp = _padded(x, padding)
+    n, k, out_h, out_w = grad_output.shape
+    kh, kw = kernel_size
+    grad = np.zeros((k, x.shape[1], kh, kw))
+    g = grad_output.astype(np.float64)
+    for i, j, rows, cols in _taps(out_h, out_w, kh, kw, stride):
+        grad[:, :, i, j] = np.einsum("nkhw,nchw->kc", g, xp[:, :, rows, cols])
+    return grad
