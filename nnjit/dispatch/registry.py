@@ -24,6 +24,7 @@ KERNEL_MODULES = (
     "nnjit.kernels.softmax",
     "nnjit.kernels.pooling",
     "nnjit.kernels.gemm",
+    "nnjit.kernels.fully_connected",
 )
 
 # fastmath flags for every kernel: reassociation and contraction (so reductions vectorise
@@ -41,6 +42,10 @@ class KernelSpec:
     parallel: bool = True
     description: str = ""
     multiply_adds: bool = False             # has a*b+c the avx2/avx512 code must fuse (FMA)
+    # workspace(level, *args) -> float32 elements of scratch the kernel needs for these
+    # arguments; such a kernel takes a trailing 1-D float32 workspace argument, which callers
+    # take from workspace_buffer() (reused per thread: no page faults per call).
+    workspace: Callable | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -60,7 +65,7 @@ _loaded = False
 
 
 def kernel(operation: str, algorithm: str, *, signatures, parallel=True, description="",
-           multiply_adds=False):
+           multiply_adds=False, workspace=None):
     """Register a kernel builder (used as a decorator in nnjit/kernels)."""
     if not isinstance(signatures, (tuple, list)):
         signatures = (signatures,)
@@ -68,7 +73,7 @@ def kernel(operation: str, algorithm: str, *, signatures, parallel=True, descrip
     def register(build):
         spec = KernelSpec(operation, algorithm, build, tuple(signatures), parallel,
                           description or (build.__doc__ or "").strip().split("\n")[0],
-                          multiply_adds)
+                          multiply_adds, workspace)
         with _lock:
             if spec.key in _specs and _specs[spec.key].build is not build:
                 raise RuntimeError(f"kernel {spec.key} registered twice")
@@ -157,6 +162,19 @@ def _compile(kernel_spec: KernelSpec, level: IsaLevel, use_disk_cache: bool):
         dispatcher.compile(signature)
     dispatcher.disable_compile()     # a call with other types is a bug, not a new compile
     return dispatcher
+
+
+_workspaces = threading.local()
+
+
+def workspace_buffer(floats: int):
+    """A float32 scratch buffer of at least ``floats`` elements, reused by this thread."""
+    import numpy as np
+
+    buffer = getattr(_workspaces, "buffer", None)
+    if buffer is None or buffer.shape[0] < floats:
+        buffer = _workspaces.buffer = np.empty(max(floats, 1), dtype=np.float32)
+    return buffer[:max(floats, 1)]
 
 
 def compiled_variants() -> dict:

@@ -44,8 +44,12 @@ class Plan:
     def run(self):
         d = self.decision
         compiled = registry.variant(d.operation, d.algorithm, d.level)
+        args = self.kernel_args
+        workspace = registry.spec(d.operation, d.algorithm).workspace
+        if workspace is not None:
+            args += (registry.workspace_buffer(workspace(d.level, *args)),)
         policy.apply_num_threads()
-        compiled(*self.kernel_args)
+        compiled(*args)
         _last.decision = d
         return self.result
 
