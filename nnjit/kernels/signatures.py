@@ -10,6 +10,7 @@ from numba.core.extending import overload
 
 f32 = types.float32
 i64 = types.int64
+boolean = types.boolean
 none = types.none
 void = types.void
 

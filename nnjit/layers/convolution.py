@@ -1,0 +1,195 @@
+"""Convolution layers: inference (batch 1), training forward, input gradient, kernel gradient.
+
+NCHW data, OIHW kernels, cross-correlation (NNPACK's and PyTorch's convention). Unlike NNPACK,
+every operation takes any stride, and padding may be as large as the caller wants. Algorithm
+names follow NNPACK; which exist is read from the kernel registry, so ``auto`` picks among
+what is built and a request for anything else names what is supported for that shape.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from nnjit import errors
+from nnjit.dispatch import registry
+from nnjit.layers import checks
+from nnjit.layers.plan import decide, layer
+
+ALGORITHMS = ("auto", "implicit_gemm", "direct", "wt8x8", "ft8x8", "ft16x16")
+ACTIVATIONS = ("identity", "relu")
+
+
+def output_size(input_size, kernel_size, padding, stride) -> tuple[int, int]:
+    """(OH, OW) = floor((pad + size - kernel) / stride) + 1 per axis; an empty output is an
+    error."""
+    (h, w), (kh, kw), (top, right, bottom, left), (sh, sw) = input_size, kernel_size, padding, stride
+    span_h, span_w = top + h + bottom - kh, left + w + right - kw
+    if span_h < 0 or span_w < 0:
+        raise errors.InvalidInputSize(
+            f"padded input {top + h + bottom}x{left + w + right} is smaller than the kernel "
+            f"{kh}x{kw}: the output would be empty")
+    return span_h // sh + 1, span_w // sw + 1
+
+
+def _geometry(padding, stride):
+    pads = checks.padding("padding", padding)
+    strides = checks.pair("stride", stride, errors.InvalidOutputSubsampling)
+    return pads, strides
+
+
+def _kernel_array(w):
+    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+    checks.nonempty("w", w, {0: ("output channels", errors.InvalidOutputChannels),
+                             1: ("input channels", errors.InvalidInputChannels),
+                             2: ("kernel height", errors.InvalidKernelSize),
+                             3: ("kernel width", errors.InvalidKernelSize)})
+    return w
+
+
+def _channels_match(name, x, axis, w, w_axis, what):
+    if x.shape[axis] != w.shape[w_axis]:
+        raise errors.InvalidShape(f"{name} has {x.shape[axis]} {what} (shape {x.shape}) but w "
+                                  f"{w.shape} expects {w.shape[w_axis]}")
+
+
+def _choose(operation: str, algorithm, kernel_size, stride) -> tuple[str, str]:
+    """(algorithm, why): ``auto`` picks direct for 1x1 stride-1 where a direct kernel exists,
+    implicit GEMM otherwise; an explicit request must be built and fit the shape."""
+    if algorithm not in ALGORITHMS:
+        raise errors.InvalidAlgorithm(f"algorithm={algorithm!r}: must be one of {ALGORITHMS}")
+    built = {s.algorithm for s in registry.specs() if s.operation == operation}
+    pointwise = tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1)
+    fits = {"implicit_gemm": True, "direct": pointwise}
+    supported = sorted(a for a in built if fits.get(a, False))
+    if algorithm == "auto":
+        if pointwise and "direct" in supported:
+            return "direct", "auto: 1x1 kernel, stride 1"
+        if "implicit_gemm" in supported:
+            return "implicit_gemm", "auto: implicit GEMM serves any kernel and stride"
+        raise errors.UnsupportedAlgorithm(f"{operation}: no algorithm is built for this shape")
+    if algorithm not in supported:
+        raise errors.UnsupportedAlgorithm(
+            f"algorithm={algorithm!r} is not supported for {operation} with kernel "
+            f"{kernel_size[0]}x{kernel_size[1]} and stride {stride[0]}x{stride[1]}"
+            f"{' (not built yet)' if algorithm not in built else ''}; supported: "
+            f"{', '.join(supported) or 'none'}")
+    return algorithm, "requested"
+
+
+def _activation(activation) -> bool:
+    if activation not in ACTIVATIONS:
+        raise errors.InvalidActivation(f"activation={activation!r}: must be one of {ACTIVATIONS}")
+    return activation == "relu"
+
+
+def _bias(bias, channels: int) -> np.ndarray:
+    if bias is None:
+        return np.zeros(channels, dtype=np.float32)
+    bias = checks.array("bias", bias, 1, what=" (K,)")
+    if bias.shape[0] != channels:
+        raise errors.InvalidShape(f"bias has {bias.shape[0]} elements, w has {channels} "
+                                  "output channels")
+    return bias
+
+
+def _forward(operation, x, w, bias, padding, stride, algorithm, activation, out, batched):
+    what = " (N, C, H, W)" if batched else " (C, H, W)"
+    x = checks.array("x", x, 4 if batched else 3, what=what)
+    x4 = x if batched else x[None]
+    w = _kernel_array(w)
+    checks.nonempty("x", x4, {0: ("batch", errors.InvalidBatchSize),
+                              1: ("input channels", errors.InvalidInputChannels),
+                              2: ("height", errors.InvalidInputSize),
+                              3: ("width", errors.InvalidInputSize)})
+    _channels_match("x", x4, 1, w, 1, "input channels")
+    pads, strides = _geometry(padding, stride)
+    relu = _activation(activation)
+    bias = _bias(bias, w.shape[0])
+    out_h, out_w = output_size(x4.shape[2:], w.shape[2:], pads, strides)
+    chosen, why = _choose(operation, algorithm, w.shape[2:], strides)
+    shape = (x4.shape[0], w.shape[0], out_h, out_w)
+    out = checks.output("out", out, shape if batched else shape[1:],
+                        {"x": x, "w": w, "bias": bias})
+    out4 = out if batched else out[None]
+    return decide(operation, chosen, why,
+                  f"x={x.shape}, w={w.shape}, padding={pads}, stride={strides}, "
+                  f"activation={activation}",
+                  (x4, w, bias, out4, strides[0], strides[1], pads[0], pads[3], relu), out)
+
+
+@layer
+def convolution_inference(x, w, bias=None, *, padding=0, stride=1, algorithm="auto",
+                          activation="identity", out=None):
+    """Convolution of one image: x (C, H, W), w (K, C, KH, KW), bias (K,) or None ->
+    (K, OH, OW). ``padding``: int, (pad_h, pad_w) or (top, right, bottom, left); ``stride``:
+    int or (sh, sw); ``activation``: "identity" or "relu" (after the bias)."""
+    return _forward("convolution_inference", x, w, bias, padding, stride, algorithm,
+                    activation, out, batched=False)
+
+
+@layer
+def convolution_output(x, w, bias=None, *, padding=0, stride=1, algorithm="auto",
+                       activation="identity", out=None):
+    """Training-forward convolution: x (N, C, H, W), w (K, C, KH, KW) -> (N, K, OH, OW)."""
+    return _forward("convolution_output", x, w, bias, padding, stride, algorithm, activation,
+                    out, batched=True)
+
+
+def _gradient_geometry(grad_output, spatial, kernel_size, padding, stride, name):
+    pads, strides = _geometry(padding, stride)
+    expected = output_size(spatial, kernel_size, pads, strides)
+    if tuple(grad_output.shape[2:]) != expected:
+        raise errors.InvalidShape(
+            f"grad_output is {grad_output.shape[2]}x{grad_output.shape[3]} but {name}, "
+            f"padding {pads} and stride {strides} give a {expected[0]}x{expected[1]} output")
+    return pads, strides
+
+
+@layer
+def convolution_input_gradient(grad_output, w, input_size, *, padding=0, stride=1,
+                               algorithm="auto", out=None):
+    """Gradient with respect to the input: grad_output (N, K, OH, OW), w (K, C, KH, KW),
+    input_size (H, W) -> (N, C, H, W)."""
+    grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
+    w = _kernel_array(w)
+    checks.nonempty("grad_output", grad_output, {0: ("batch", errors.InvalidBatchSize),
+                                                 1: ("output channels",
+                                                     errors.InvalidOutputChannels)})
+    _channels_match("grad_output", grad_output, 1, w, 0, "output channels")
+    size = checks.pair("input_size", input_size, errors.InvalidInputSize)
+    pads, strides = _gradient_geometry(grad_output, size, w.shape[2:], padding, stride,
+                                       f"input_size {size}, kernel {w.shape[2]}x{w.shape[3]}")
+    chosen, why = _choose("convolution_input_gradient", algorithm, w.shape[2:], strides)
+    shape = (grad_output.shape[0], w.shape[1], size[0], size[1])
+    out = checks.output("out", out, shape, {"grad_output": grad_output, "w": w})
+    return decide("convolution_input_gradient", chosen, why,
+                  f"grad_output={grad_output.shape}, w={w.shape}, input_size={size}, "
+                  f"padding={pads}, stride={strides}",
+                  (grad_output, w, out, strides[0], strides[1], pads[0], pads[3]), out)
+
+
+@layer
+def convolution_kernel_gradient(x, grad_output, kernel_size, *, padding=0, stride=1,
+                                algorithm="auto", out=None):
+    """Gradient with respect to the kernel, summed over the batch: x (N, C, H, W),
+    grad_output (N, K, OH, OW), kernel_size (KH, KW) -> (K, C, KH, KW)."""
+    x = checks.array("x", x, 4, what=" (N, C, H, W)")
+    grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
+    checks.nonempty("x", x, {0: ("batch", errors.InvalidBatchSize),
+                             1: ("input channels", errors.InvalidInputChannels),
+                             2: ("height", errors.InvalidInputSize),
+                             3: ("width", errors.InvalidInputSize)})
+    checks.nonempty("grad_output", grad_output, {1: ("output channels",
+                                                     errors.InvalidOutputChannels)})
+    if x.shape[0] != grad_output.shape[0]:
+        raise errors.InvalidShape(f"x has batch {x.shape[0]} but grad_output has "
+                                  f"{grad_output.shape[0]}")
+    kernel = checks.pair("kernel_size", kernel_size, errors.InvalidKernelSize)
+    pads, strides = _gradient_geometry(grad_output, x.shape[2:], kernel, padding, stride,
+                                       f"x {x.shape[2]}x{x.shape[3]}, kernel_size {kernel}")
+    chosen, why = _choose("convolution_kernel_gradient", algorithm, kernel, strides)
+    shape = (grad_output.shape[1], x.shape[1], kernel[0], kernel[1])
+    out = checks.output("out", out, shape, {"x": x, "grad_output": grad_output})
+    return decide("convolution_kernel_gradient", chosen, why,
+                  f"x={x.shape}, grad_output={grad_output.shape}, kernel_size={kernel}, "
+                  f"padding={pads}, stride={strides}",
+                  (x, grad_output, out, strides[0], strides[1], pads[0], pads[3]), out)
