@@ -105,10 +105,10 @@ def _forward(operation, x, w, bias, padding, stride, algorithm, activation, out,
     relu = _activation(activation)
     bias = _bias(bias, w.shape[0])
     out_h, out_w = output_size(x4.shape[2:], w.shape[2:], pads, strides)
-    chosen, why = _choose(operation, algorithm, w.shape[2:], strides)
     shape = (x4.shape[0], w.shape[0], out_h, out_w)
     out = checks.output("out", out, shape if batched else shape[1:],
                         {"x": x, "w": w, "bias": bias})
+    chosen, why = _choose(operation, algorithm, w.shape[2:], strides)
     out4 = out if batched else out[None]
     return decide(operation, chosen, why,
                   f"x={x.shape}, w={w.shape}, padding={pads}, stride={strides}, "
@@ -158,9 +158,9 @@ def convolution_input_gradient(grad_output, w, input_size, *, padding=0, stride=
     size = checks.pair("input_size", input_size, errors.InvalidInputSize)
     pads, strides = _gradient_geometry(grad_output, size, w.shape[2:], padding, stride,
                                        f"input_size {size}, kernel {w.shape[2]}x{w.shape[3]}")
-    chosen, why = _choose("convolution_input_gradient", algorithm, w.shape[2:], strides)
     shape = (grad_output.shape[0], w.shape[1], size[0], size[1])
     out = checks.output("out", out, shape, {"grad_output": grad_output, "w": w})
+    chosen, why = _choose("convolution_input_gradient", algorithm, w.shape[2:], strides)
     return decide("convolution_input_gradient", chosen, why,
                   f"grad_output={grad_output.shape}, w={w.shape}, input_size={size}, "
                   f"padding={pads}, stride={strides}",
@@ -186,9 +186,9 @@ def convolution_kernel_gradient(x, grad_output, kernel_size, *, padding=0, strid
     kernel = checks.pair("kernel_size", kernel_size, errors.InvalidKernelSize)
     pads, strides = _gradient_geometry(grad_output, x.shape[2:], kernel, padding, stride,
                                        f"x {x.shape[2]}x{x.shape[3]}, kernel_size {kernel}")
-    chosen, why = _choose("convolution_kernel_gradient", algorithm, kernel, strides)
     shape = (grad_output.shape[1], x.shape[1], kernel[0], kernel[1])
     out = checks.output("out", out, shape, {"x": x, "grad_output": grad_output})
+    chosen, why = _choose("convolution_kernel_gradient", algorithm, kernel, strides)
     return decide("convolution_kernel_gradient", chosen, why,
                   f"x={x.shape}, grad_output={grad_output.shape}, kernel_size={kernel}, "
                   f"padding={pads}, stride={strides}",
