@@ -24,7 +24,7 @@ KERNEL_MODULES = (
     "nnjit.kernels.softmax",
     "nnjit.kernels.pooling",
     "nnjit.kernels.gemm",
-    "nnjit.kernels.fully_connected",
+    "nnjit.kernels.conv_forward",
 )
 
 # fastmath flags for every kernel: reassociation and contraction (so reductions vectorise

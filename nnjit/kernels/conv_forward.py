@@ -1,0 +1,322 @@
+"""Forward convolution (``convolution_output`` and ``convolution_inference``) as a GEMM:
+out[n] (K x OH*OW) = W (K x R) @ im2col(x[n]) (R x OH*OW), R = C*KH*KW.
+
+Two algorithms, one engine (nnjit.kernels.gemm's register-blocked micro-kernel, tile shape
+and NNPACK's cache budgets, reference/nnpack.md 5.3):
+
+- ``implicit_gemm``: any kernel size, stride, padding and batch. The im2col matrix is never
+  built: each NR-pixel x KC-row B micro-panel is packed on the fly, in the task that uses it,
+  straight from the image (stride and padding applied, zeros for taps outside the image), in
+  runs of pixels that share an output row, with vector loads of the level's width (stride 1:
+  plain loads; stride 2: even lanes of two loads).
+- ``direct`` (1x1 kernels, stride 1): the image as is is the B matrix (C x H*W): with no
+  padding, every B micro-panel row is one contiguous run of the image; with padding it goes
+  through the implicit GEMM packer (so direct accepts any padding).
+
+W (the A matrix) is packed once per call into MR-row panels per KC slice (the workspace).
+Work is split into one task per thread: equal runs of the (NR-pixel panel, over the whole
+batch) x (MR-channel panel) grid, so batch 1 splits over pixels and channels alike and a B
+panel is packed by two tasks at most; per KC slice each B micro-panel is packed into the
+task's own buffer (it stays in L1) while the task's A panels (in L2) stream past it. The first slice
+overwrites the output, later ones add; on the last slice bias (and ReLU) are applied to the
+MR x NR tile while it is in L1.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.kernels.gemm import blocking, micro_kernel, tile_shape
+from nnjit.kernels.signatures import boolean, i64, reads, void, writes
+from nnjit.kernels.vectors import vector_ops
+
+_SIGNATURE = void(reads(4), reads(4), reads(1), writes(4), i64, i64, i64, i64, boolean,
+                  writes(1))
+
+
+def panel_floats(level) -> int:
+    """Floats of one thread's B micro-panel buffer (NR x KC, plus a vector of slack)."""
+    mr, nr = tile_shape(level)
+    return nr * blocking(mr, nr)[0] + 2 * level.vector_floats
+
+
+def workspace_floats(level, x, w, bias, out, *rest) -> int:
+    """Floats of workspace: W packed in MR-row panels (zero-padded to whole panels), then
+    one B micro-panel buffer per thread. The kernel takes its thread count from the length
+    (the count in effect for the call: nnjit.set_num_threads)."""
+    from nnjit.dispatch.policy import get_num_threads
+
+    mr, _ = tile_shape(level)
+    k = w.shape[0]
+    r = w.shape[1] * w.shape[2] * w.shape[3]
+    return -(-k // mr) * mr * r + get_num_threads() * panel_floats(level)
+
+
+@functools.lru_cache(maxsize=None)
+def epilogue(mr: int, nr: int, width: int):
+    """finish(c, row0, col0, bias, relu): c[row0 + i, col0 + j] += bias[row0 + i], then
+    max(., 0) if relu, for the MR x NR tile just stored (in L1)."""
+    nv = nr // width
+    lines = ["def finish(c, row0, col0, bias, relu):",
+             "    zero = vzero()"]
+    for i in range(mr):
+        lines.append(f"    row = c[row0 + {i}]")
+        lines.append(f"    b = vsplat(bias[row0 + {i}])")
+        for v in range(nv):
+            lines.append(f"    v{v} = vadd(vload(row, col0 + {v * width}), b)")
+        lines.append("    if relu:")
+        lines += [f"        v{v} = vmax(v{v}, zero)" for v in range(nv)]
+        lines += [f"    vstore(row, col0 + {v * width}, v{v})" for v in range(nv)]
+    namespace = dict(vector_ops(width))
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
+    finish = namespace["finish"]
+    finish.__qualname__ = finish.__name__ = f"finish_{mr}x{nr}"
+    return njit(inline="never")(finish)
+
+
+@functools.lru_cache(maxsize=None)
+def packer(nr: int, width: int):
+    """pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
+    bp[k * nr + j] = im2col row r0 + k, pixel j of the panel, for k < kc, j < nr (zero for
+    taps outside the image and for j >= cols). xf is one image flattened (C*H*W); the panel's
+    pixels come as nseg runs along output rows: seg[s] = (oy, ox0, length, j0). Vector
+    stores may run up to width - 1 floats past a run (the next run, the zero tail or the next
+    k row overwrites them; bp has width floats of slack), vector loads past the run's last
+    tap stay inside xf."""
+    ops = vector_ops(width)
+
+    def pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
+        total = xf.shape[0]
+        HW = H * W
+        taps = KH * KW
+        c = r0 // taps
+        rem = r0 - c * taps
+        ky = rem // KW
+        kx = rem - ky * KW
+        zero = vzero()
+        for k in range(kc):
+            base = k * nr
+            for s in range(nseg):
+                oy = seg[s, 0]
+                ox0 = seg[s, 1]
+                ln = seg[s, 2]
+                j0 = base + seg[s, 3]
+                iy = oy * sh - pt + ky
+                if iy < 0 or iy >= H:
+                    for t in range(0, ln, width):
+                        vstore(bp, j0 + t, zero)
+                    continue
+                ix0 = ox0 * sw - pl + kx
+                src = c * HW + iy * W + ix0
+                t_lo = 0
+                if ix0 < 0:
+                    t_lo = min(ln, (sw - 1 - ix0) // sw)
+                t_hi = ln
+                if ix0 + (ln - 1) * sw > W - 1:
+                    t_hi = (W - 1 - ix0) // sw + 1 if ix0 <= W - 1 else 0
+                    if t_hi < t_lo:
+                        t_hi = t_lo
+                t = t_lo
+                if sw == 1:
+                    while t < t_hi and src + t + width <= total:
+                        vstore(bp, j0 + t, vload(xf, src + t))
+                        t += width
+                elif sw == 2:
+                    while t < t_hi and src + 2 * t + 2 * width <= total:
+                        vstore(bp, j0 + t, vload_even(xf, src + 2 * t))
+                        t += width
+                while t < t_hi:
+                    bp[j0 + t] = xf[src + t * sw]
+                    t += 1
+                for t in range(t_lo):
+                    bp[j0 + t] = 0
+                for t in range(t_hi, ln):
+                    bp[j0 + t] = 0
+            for j in range(cols, nr):
+                bp[base + j] = 0
+            kx += 1
+            if kx == KW:
+                kx = 0
+                ky += 1
+                if ky == KH:
+                    ky = 0
+                    c += 1
+
+    namespace = dict(ops)
+    pack = with_globals(pack, **namespace)
+    pack.__qualname__ = pack.__name__ = f"pack_im2col_{nr}"
+    return njit(inline="never")(pack)
+
+
+@functools.lru_cache(maxsize=None)
+def row_packer(nr: int, width: int):
+    """copy(xf, bp, kc, r0, P, col0, cols): bp[k * nr + j] = xf[(r0 + k) * P + col0 + j],
+    zero for j >= cols: B micro-panel of a 1x1 stride-1 unpadded convolution (the image's
+    rows as they are)."""
+    nv = nr // width
+
+    def copy(xf, bp, kc, r0, P, col0, cols):
+        total = xf.shape[0]
+        if cols == nr:
+            src = r0 * P + col0
+            for k in range(kc):
+                for v in range(nv):
+                    vstore(bp, k * nr + v * width, vload(xf, src + v * width))
+                src += P
+        else:
+            for k in range(kc):
+                src = (r0 + k) * P + col0
+                t = 0
+                while t < cols and src + t + width <= total:
+                    vstore(bp, k * nr + t, vload(xf, src + t))
+                    t += width
+                while t < cols:
+                    bp[k * nr + t] = xf[src + t]
+                    t += 1
+                for j in range(cols, nr):
+                    bp[k * nr + j] = 0
+
+    copy = with_globals(copy, **vector_ops(width))
+    copy.__qualname__ = copy.__name__ = f"pack_rows_{nr}"
+    return njit(inline="never")(copy)
+
+
+def _build(level, pointwise: bool):
+    MR, NR = tile_shape(level)
+    KC, MC, _ = blocking(MR, NR)
+    BP = panel_floats(level)
+    POINTWISE = pointwise
+
+    def conv(x, w, bias, out, sh, sw, pt, pl, relu, workspace):
+        N = x.shape[0]
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = w.shape[0]
+        KH = w.shape[2]
+        KW = w.shape[3]
+        OH = out.shape[2]
+        OW = out.shape[3]
+        P = OH * OW
+        R = C * KH * KW
+        m_panels = (K + MR - 1) // MR
+        Mpad = m_panels * MR
+        apack = workspace[:Mpad * R]
+        wf = w.reshape((K, R))
+        # 1. W in MR-row panels per KC slice: slice at pc * Mpad, panel p of it at
+        # p * MR * kc, element (k, i) at k * MR + i; rows past K are zeros.
+        n_slices = (R + KC - 1) // KC
+        for t in prange(m_panels * n_slices):
+            p = t // n_slices
+            pc = (t - p * n_slices) * KC
+            kc = min(KC, R - pc)
+            dst = apack[pc * Mpad + p * MR * kc:pc * Mpad + (p + 1) * MR * kc]
+            rows = min(MR, K - p * MR)
+            for i in range(rows):
+                src = wf[p * MR + i, pc:pc + kc]
+                for k in range(kc):
+                    dst[k * MR + i] = src[k]
+            for i in range(rows, MR):
+                for k in range(kc):
+                    dst[k * MR + i] = 0
+        # 2. one task per thread (their count: what the workspace holds beyond apack).
+        # The work is a grid of cells, (NR-pixel panel of an image) x (MR-channel panel),
+        # walked pixel panel by pixel panel; each task takes an equal run of cells, so
+        # tasks are balanced to a cell and a pixel panel is packed by two tasks at most.
+        threads = max(1, (workspace.shape[0] - Mpad * R) // BP)
+        n_panels = (P + NR - 1) // NR
+        units = N * n_panels
+        cells = units * m_panels
+        # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
+        general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
+        for task in prange(threads):
+            c_lo = cells * task // threads
+            c_hi = cells * (task + 1) // threads
+            if c_lo >= c_hi:
+                continue
+            bp = workspace[Mpad * R + task * BP:Mpad * R + (task + 1) * BP]
+            scratch = np.empty((MR, NR), np.float32)
+            seg = np.empty((NR + 2, 4), np.int64)
+            u_lo = c_lo // m_panels
+            u_hi = (c_hi - 1) // m_panels + 1
+            for pc in range(0, R, KC):
+                kc = min(KC, R - pc)
+                update = pc > 0
+                last = pc + kc >= R
+                for u in range(u_lo, u_hi):
+                    p_lo = max(0, c_lo - u * m_panels)
+                    p_hi = min(m_panels, c_hi - u * m_panels)
+                    n = u // n_panels
+                    col0 = (u - n * n_panels) * NR
+                    cols = min(NR, P - col0)
+                    xf = x[n].reshape(C * H * W)
+                    on = out[n].reshape((K, P))
+                    if general:
+                        # runs of pixels along output rows
+                        nseg = 0
+                        p0 = col0
+                        while p0 < col0 + cols:
+                            oy = p0 // OW
+                            ox = p0 - oy * OW
+                            ln = min(OW - ox, col0 + cols - p0)
+                            seg[nseg, 0] = oy
+                            seg[nseg, 1] = ox
+                            seg[nseg, 2] = ln
+                            seg[nseg, 3] = p0 - col0
+                            nseg += 1
+                            p0 += ln
+                        _pack(xf, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg,
+                              cols)
+                    else:
+                        _pack_rows(xf, bp, kc, pc, P, col0, cols)
+                    for p in range(p_lo, p_hi):
+                        ap = apack[pc * Mpad + p * MR * kc:pc * Mpad + (p + 1) * MR * kc]
+                        row0 = p * MR
+                        rows = min(MR, K - row0)
+                        if rows == MR and cols == NR:
+                            _micro(kc, ap, bp, on, row0, col0, update)
+                            if last:
+                                _finish(on, row0, col0, bias, relu)
+                        else:
+                            _micro(kc, ap, bp, scratch, 0, 0, False)
+                            for i in range(rows):
+                                dst = on[row0 + i, col0:col0 + cols]
+                                s = scratch[i]
+                                b = bias[row0 + i]
+                                for j in range(cols):
+                                    v = s[j]
+                                    if update:
+                                        v += dst[j]
+                                    if last:
+                                        v += b
+                                        if relu and v < 0:
+                                            v = 0
+                                    dst[j] = v
+
+    width = level.vector_floats
+    return with_globals(conv, _micro=micro_kernel(MR, NR, width),
+                        _finish=epilogue(MR, NR, width), _pack=packer(NR, width),
+                        _pack_rows=row_packer(NR, width))
+
+
+@kernel("convolution_inference", "implicit_gemm", signatures=_SIGNATURE, multiply_adds=True,
+        workspace=workspace_floats)
+@kernel("convolution_output", "implicit_gemm", signatures=_SIGNATURE, multiply_adds=True,
+        workspace=workspace_floats)
+def implicit_gemm(level):
+    """W (K x C*KH*KW) @ im2col(x[n]), the im2col panels packed on the fly; any kernel,
+    stride and padding."""
+    return _build(level, pointwise=False)
+
+
+@kernel("convolution_inference", "direct", signatures=_SIGNATURE, multiply_adds=True,
+        workspace=workspace_floats)
+@kernel("convolution_output", "direct", signatures=_SIGNATURE, multiply_adds=True,
+        workspace=workspace_floats)
+def direct(level):
+    """1x1 stride 1: W (K x C) @ x[n] (C x H*W), the image's rows packed as they are
+    (padding, if any, through the implicit GEMM packer)."""
+    return _build(level, pointwise=True)

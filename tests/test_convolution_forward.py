@@ -1,0 +1,263 @@
+"""Forward convolution (convolution_inference, convolution_output) through the public layers:
+NNPACK's smoke cases (reference/nnpack.md 3.5) at every level the host runs, strided and
+asymmetrically padded cases, NNPACK's direct 1x1 cases, and model layers at the best level,
+against the float64 oracle. Inputs U(-0.1, 1.0) as NNPACK's; identity and ReLU.
+
+Both algorithms compute directly (no transform), so NNPACK's direct-computation limit 1e-5
+applies everywhere (its looser limits are for FFT/Winograd), except VGG-A's model layers at
+1e-4 (3.5: long reductions over large images).
+"""
+import itertools
+
+import numpy as np
+import pytest
+from conftest import max_relative_error, uniform
+
+import nnjit
+from nnjit.dispatch.isa import level_named
+from nnjit.kernels import reference
+from nnjit.kernels.gemm import tile_shape
+
+TOLERANCE = 1e-5
+BEST = nnjit.cpu_info().runnable[-1].name
+
+
+def pads4(padding):
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) == 2:
+        return (padding[0], padding[1], padding[0], padding[1])
+    return tuple(padding)
+
+
+def pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def expected(x4, w, bias, padding, stride):
+    """float64 oracle, before the activation."""
+    return reference.convolution_output(x4, w, bias, pads4(padding), pair(stride))
+
+
+def check(rng, operation, batch, channels, out_channels, size, kernel, padding=0, stride=1,
+          algorithm="auto", tolerance=TOLERANCE, low=-0.1):
+    """Run `operation` with identity and ReLU (each against the oracle) on fresh U(low, 1)
+    data; the outputs are pre-filled with NaN so an unwritten element fails. Batch 1 runs
+    as convolution_inference too when `operation` is None."""
+    shape = (batch, channels) + pair(size)
+    x = uniform(rng, shape, low, 1.0)
+    w = uniform(rng, (out_channels, channels) + pair(kernel), low, 1.0)
+    bias = uniform(rng, (out_channels,), low, 1.0)
+    ref = expected(x, w, bias, padding, stride)
+    layer = getattr(nnjit, operation)
+    for activation in ("identity", "relu"):
+        want = np.maximum(ref, 0) if activation == "relu" else ref
+        if operation == "convolution_inference":
+            assert batch == 1
+            want = want[0]
+            out = np.full(want.shape, np.nan, np.float32)
+            got = layer(x[0], w, bias, padding=padding, stride=stride, algorithm=algorithm,
+                        activation=activation, out=out)
+        else:
+            out = np.full(want.shape, np.nan, np.float32)
+            got = layer(x, w, bias, padding=padding, stride=stride, algorithm=algorithm,
+                        activation=activation, out=out)
+        assert got is out
+        if low >= -0.1:
+            error = max_relative_error(want, out)
+        else:   # signed data: outputs near zero cancel; error relative to the largest
+            error = np.abs(want - out).max() / np.abs(ref).max()
+            assert np.isfinite(out).all()
+        assert error < tolerance, (activation, error)
+    return nnjit.explain()
+
+
+INF, OUT = "convolution_inference", "convolution_output"
+
+
+@pytest.fixture
+def best():
+    """The best level the host runs (where batched and model-sized cases run: every level
+    compiles its own kernels, which dominates this file's time)."""
+    with nnjit.max_isa(BEST):
+        yield BEST
+
+
+# ------------------------------------------------------------------ NNPACK smoke cases
+# (batch 1, one channel in and out, 3x3 kernel unless noted; the FT8x8 sizes)
+SMOKE = [("single_tile", 8, 3), ("input_subtile", 4, 3), ("multi_tile", 13, 3),
+         ("non_square_kernel", 8, (2, 3)), ("non_square_image", (9, 10), 3)]
+
+
+@pytest.mark.parametrize("case,size,kernel", SMOKE)
+def test_smoke_inference(level, rng, case, size, kernel):
+    for _ in range(3):
+        decision = check(rng, INF, 1, 1, 1, size, kernel)
+    assert decision.algorithm == "implicit_gemm"
+    assert decision.level.name == level
+
+
+@pytest.mark.parametrize("case,size,kernel", SMOKE)
+def test_smoke_output(best, rng, case, size, kernel):
+    for _ in range(3):
+        decision = check(rng, OUT, 1, 1, 1, size, kernel)
+    assert decision.algorithm == "implicit_gemm" and decision.operation == OUT
+
+
+def test_smoke_few_channels(level, rng):
+    for channels in range(2, 6):
+        check(rng, INF, 1, channels, 1, 8, 3)
+        check(rng, INF, 1, 1, channels, 8, 3)
+
+
+def test_smoke_small_batch(best, rng):
+    for batch in range(2, 6):
+        check(rng, OUT, batch, 1, 1, 8, 3)
+        check(rng, OUT, batch, 2, 3, 8, 3, 1)
+
+
+def test_smoke_implicit_padding(level, rng):
+    """Every (top, right, bottom, left) with each side < the 5x5 kernel, 8x8 image."""
+    x = uniform(rng, (1, 2, 8, 8), -0.1, 1.0)
+    w = uniform(rng, (3, 2, 5, 5), -0.1, 1.0)
+    bias = uniform(rng, (3,), -0.1, 1.0)
+    for padding in itertools.product(range(5), repeat=4):
+        ref = expected(x, w, bias, padding, 1)[0]
+        out = nnjit.convolution_inference(x[0], w, bias, padding=padding)
+        assert max_relative_error(ref, out) < TOLERANCE, padding
+
+
+# ------------------------------------------------------------- strides, wide padding
+STRIDED = [(3, 1), (3, 0), (1, 0), ((2, 3), (0, 1, 2, 0)), (7, 3), (3, (4, 0, 1, 6))]
+
+
+@pytest.mark.parametrize("stride", [2, 3, (2, 1), (1, 3)])
+def test_strided_and_padded(level, rng, stride):
+    for kernel, padding in STRIDED:
+        check(rng, INF, 1, 5, 7, (17, 20), kernel, padding, stride)
+
+
+@pytest.mark.parametrize("stride", [2, 3, (2, 1)])
+def test_strided_and_padded_batch(best, rng, stride):
+    for kernel, padding in STRIDED:
+        check(rng, OUT, 3, 5, 7, (17, 20), kernel, padding, stride)
+
+
+def test_padding_larger_than_kernel(level, rng):
+    """Output rows and columns made of padding only: bias (and ReLU) alone."""
+    for padding, stride in [((5, 4, 3, 6), 1), ((6, 0, 7, 2), 2), (4, (3, 2))]:
+        check(rng, INF, 1, 3, 4, (6, 7), 3, padding, stride, low=-1.0)
+
+
+def test_relu_applies_after_bias(level, rng):
+    """Signed data (about half the outputs negative) so ReLU visibly clips."""
+    check(rng, INF, 1, 6, 13, 11, 3, 1, 1, low=-1.0)
+
+
+def test_edge_tiles(level, rng):
+    """Output channels and pixels around the level's tile (MR channels x NR pixels), and a
+    reduction longer than one KC slice (the later slices add to the output)."""
+    mr, nr = tile_shape(level_named(level))
+    for k in (mr - 1, mr, mr + 1, 3 * mr + 2):
+        for side in (1, 5, 7):
+            check(rng, INF, 1, 3, k, (side, -(-nr // side) + 1), 3, 1)
+    check(rng, INF, 1, 90, mr + 3, 9, 3, 1)        # R = 810 > KC
+
+
+# ------------------------------------------------------------------- direct (1x1)
+
+def direct_cases(level):
+    """NNPACK's DIRECT_1x1 cases with our tile (MR output channels, NR pixels): channel
+    tile and subtiles, multi-tiles in both channel counts, odd image sizes; and a reduction
+    longer than KC."""
+    mr, nr = tile_shape(level_named(level))
+    return [(mr, mr, 8), (1, 1, 8), (mr - 1, 3, 8), (3 * mr, mr, 8), (mr, 5 * mr, 8),
+            (5 * mr, 3 * mr, 8), (mr + 1, mr + 1, (3, 7)), (mr + 1, mr + 1, (7, 5)),
+            (mr + 1, mr + 1, (1, 1)), (700, mr + 1, (4, 5))]
+
+
+def test_direct_1x1(level, rng):
+    for channels, out_channels, size in direct_cases(level):
+        decision = check(rng, INF, 1, channels, out_channels, size, 1, algorithm="direct")
+        assert decision.algorithm == "direct"
+        check(rng, INF, 1, channels, out_channels, size, 1, algorithm="implicit_gemm")
+    assert nnjit.explain(nnjit.convolution_inference, np.ones((2, 3, 3), np.float32),
+                         np.ones((4, 2, 1, 1), np.float32)).algorithm == "direct"
+
+
+def test_direct_1x1_batch(best, rng):
+    for channels, out_channels, size in direct_cases(best):
+        decision = check(rng, OUT, 3, channels, out_channels, size, 1)
+        assert decision.algorithm == "direct"
+
+
+def test_direct_1x1_with_padding(level, rng):
+    """A padded 1x1 stride-1 convolution is direct-capable (the layer picks direct for it):
+    the border is bias only."""
+    for padding in (1, (0, 2, 1, 0)):
+        decision = check(rng, INF, 1, 9, 8, (5, 6), 1, padding)
+        assert decision.algorithm == "direct"
+
+
+def test_explain_reports_algorithm(best, rng):
+    decision = check(rng, OUT, 3, 4, 9, 10, 3, 1, 2)
+    assert decision.algorithm == "implicit_gemm"
+    assert "implicit GEMM" in decision.algorithm_reason
+    decision = check(rng, OUT, 3, 4, 9, 10, 1)
+    assert decision.algorithm == "direct" and "1x1" in decision.algorithm_reason
+    planned = nnjit.explain(nnjit.convolution_output, np.ones((1, 4, 9, 9), np.float32),
+                            np.ones((5, 4, 3, 3), np.float32), stride=2)
+    assert planned.algorithm == "implicit_gemm" and planned.level.name == BEST
+
+
+def test_thread_counts_agree(best, rng):
+    """Any thread count gives the same result (each thread owns an equal run of tiles)."""
+    import numba
+
+    x = uniform(rng, (1, 16, 9, 9), -0.1, 1.0)
+    w = uniform(rng, (20, 16, 3, 3), -0.1, 1.0)
+    ref = expected(x, w, None, 1, 1)[0]
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            out = nnjit.convolution_inference(x[0], w, padding=1)
+            assert max_relative_error(ref, out) < TOLERANCE, threads
+    finally:
+        nnjit.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------- model layers
+# (C_in, C_out, image side, kernel, padding, stride); inference at batch 1 and the output
+# layer at batch 2 (NNPACK: 64-128), best level.
+MODEL_LAYERS = {
+    "alexnet.conv1": (3, 64, 224, 11, 2, 4), "alexnet.conv2": (64, 192, 27, 5, 2, 1),
+    "alexnet.conv3": (192, 384, 13, 3, 1, 1), "alexnet.conv4": (384, 256, 13, 3, 1, 1),
+    "alexnet.conv5": (256, 256, 13, 3, 1, 1),
+    "overfeat.conv1": (3, 96, 231, 11, 0, 4), "overfeat.conv2": (96, 256, 24, 5, 0, 1),
+    "overfeat.conv3": (256, 512, 12, 3, 1, 1), "overfeat.conv4": (512, 1024, 12, 3, 1, 1),
+    "overfeat.conv5": (1024, 1024, 12, 3, 1, 1),
+    "vgg.conv1": (3, 64, 224, 3, 1, 1), "vgg.conv2": (64, 128, 112, 3, 1, 1),
+    "vgg.conv3": (128, 256, 56, 3, 1, 1), "vgg.conv4": (256, 256, 56, 3, 1, 1),
+    "vgg.conv5": (256, 512, 28, 3, 1, 1), "vgg.conv6": (512, 512, 28, 3, 1, 1),
+    "vgg.conv8": (512, 512, 14, 3, 1, 1),
+    "resnet.conv1": (3, 64, 224, 7, 3, 2), "resnet18.l2.3x3s2": (64, 128, 56, 3, 1, 2),
+    "resnet18.l2.1x1s2": (64, 128, 56, 1, 0, 2), "resnet50.l1.1x1a": (256, 64, 56, 1, 0, 1),
+    "resnet50.l3.1x1a": (1024, 256, 14, 1, 0, 1), "mobilenet.pw14": (1024, 1024, 7, 1, 0, 1),
+}
+# float64 oracle over a second or more each: deselect with -m "not slow"
+SLOW = {"overfeat.conv4", "overfeat.conv5", "vgg.conv2", "vgg.conv3", "vgg.conv4",
+        "vgg.conv5", "vgg.conv6"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW
+                                  else n for n in MODEL_LAYERS])
+def test_model_layers(best, rng, name):
+    channels, out_channels, side, kernel, padding, stride = MODEL_LAYERS[name]
+    tolerance = 1e-4 if name.startswith("vgg") else TOLERANCE
+    decision = check(rng, INF, 1, channels, out_channels, side, kernel, padding, stride,
+                     tolerance=tolerance)
+    assert decision.algorithm == ("direct" if kernel == 1 and stride == 1 else "implicit_gemm")
+    if name in ("alexnet.conv2", "resnet18.l2.3x3s2", "resnet50.l3.1x1a"):
+        check(rng, OUT, 2, channels, out_channels, side, kernel, padding, stride,
+              tolerance=tolerance)
