@@ -25,6 +25,7 @@ KERNEL_MODULES = (
     "nnjit.kernels.pooling",
     "nnjit.kernels.gemm",
     "nnjit.kernels.conv_forward",
+    "nnjit.kernels.conv_gradients",
 )
 
 # fastmath flags for every kernel: reassociation and contraction (so reductions vectorise

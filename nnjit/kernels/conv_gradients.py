@@ -1,0 +1,505 @@
+"""Convolution gradients as implicit GEMMs on the packed GEMM engine's register tiles.
+
+Both kernels take the level's tile shape (MR x NR) and reduction depth KC from
+nnjit.kernels.gemm (tile_shape, blocking: NNPACK's cache budgets) and never materialise an
+im2col / col2im buffer of a whole tensor.
+
+``convolution_input_gradient`` / ``implicit_gemm``
+    grad_input[n, c, y, x] = sum_{k,i,j} w[k, c, i, j] * grad_output[n, k, oy, ox] where
+    y + pad_top = oy * sh + i, x + pad_left = ox * sw + j. Input pixels are split by stride
+    phase ((y + pad_top) mod sh, (x + pad_left) mod sw): a phase meets only the taps
+    i = ph + sh*u, j = pw + sw*v, and within it (oy, ox) = (a0 + a - u, b0 + b - v) for its
+    pixel (a, b): a stride-1 correlation with no multiplications by the stride's zeros.
+    Per phase, transposed: C[phase pixels, C] = A[pixels, K*taps] @ B[K*taps, C]. B (the
+    kernel) is packed once per call into NR-channel panels; A needs no packing: grad_output
+    is copied once with a zero border (gpad), and pixel p's row r = (k, u, v) is
+    gpad[base_p + roff[r]], which the micro-kernel broadcasts straight from gpad (MR pixel
+    bases, one offset table). Packing B panels of im2col(grad_output) on the fly instead
+    cost 14-18% at C = 64 (a copy per 2*C flops). Tasks own runs of MR-pixel panels, in
+    groups whose C rows (MR x C each) stay in L2 across the KC slices, then write them out
+    transposed into grad_input.
+
+``convolution_kernel_gradient`` / ``implicit_gemm``
+    grad_w^T[(c, i, j), k] = sum_{n, oy, ox} xpad[n, c, oy*sh + i, ox*sw + j] * go[n, k, oy, ox]
+    with xpad x zero-padded once (one pass over x). The GEMM runs transposed (rows = C*KH*KW
+    kernel taps, columns = K output channels) so that B = grad_output^T is packed once into
+    NR-channel panels (one pass over grad_output, reused by every row) and A needs no packing
+    at all: the micro-kernel broadcasts its MR row values straight from xpad (row m at
+    offset base_m + oy*sh*Wp + ox*sw), looping over whole output rows of an image inside the
+    k loop. Packing im2col(x) instead would cost a transposing copy per element of the
+    C*KH*KW x pixels matrix, 1/(2K) of the flops (25% at K = 64). Tasks own blocks of
+    MR-row panels (all channels, all of the batch: no partial sums to add), accumulate in
+    their own scratch and write their rows of grad_w transposed at the end.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.kernels.gemm import blocking, tile_shape
+from nnjit.kernels.signatures import i64, reads, void, writes
+from nnjit.kernels.vectors import vector_ops
+
+# Tasks per parallel launch, at most, of equal size (prange splits its range statically:
+# 16 equal tasks share evenly among 1, 2, 4, 8 or 16 threads).
+TASKS = 16
+
+_WS = writes(1)
+_INPUT_GRADIENT = void(reads(4), reads(4), writes(4), i64, i64, i64, i64, _WS)
+_KERNEL_GRADIENT = void(reads(4), reads(4), writes(4), i64, i64, i64, i64, _WS)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ------------------------------------------------------------------ input gradient
+def _padded_grad_output_shape(kh, kw, h, w, oh, ow, sh, sw, pt, pl):
+    """(rows, columns) of an image-channel of grad_output with its zero border: KH - 1 rows
+    above, KW - 1 columns left, enough below and right for every tap of every phase."""
+    return (kh - 1 + max(oh, (h - 1 + pt) // sh + 1),
+            kw - 1 + max(ow, (w - 1 + pl) // sw + 1))
+
+
+def _pixel_group(cp, mr):
+    """MR-pixel panels whose rows of C (cp floats each) accumulate together: about 128 KiB,
+    so that they stay in L2 across the KC slices."""
+    return max(1, (128 * 1024 // 4) // (mr * cp))
+
+
+_pixel_group_jit = njit(inline="always")(_pixel_group)
+
+
+def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) -> int:
+    """Floats of scratch: W^T packed for all phases, grad_output zero-bordered, and per task
+    its group's rows of C."""
+    mr, nr = tile_shape(level)
+    n, k, oh, ow = grad_output.shape
+    _, c, kh, kw = w.shape
+    hg, wg = _padded_grad_output_shape(kh, kw, grad_input.shape[2], grad_input.shape[3],
+                                       oh, ow, sh, sw, pt, pl)
+    cp = _cdiv(c, nr) * nr
+    return cp * k * kh * kw + n * k * hg * wg + TASKS * _pixel_group(cp, mr) * mr * cp
+
+
+@functools.lru_cache(maxsize=None)
+def gather_micro_kernel(mr: int, nr: int, width: int):
+    """The MR x NR micro-kernel with A broadcast straight from a flat array at a per-step
+    offset (a plain @njit helper, like gemm.micro_kernel):
+
+    micro(kc, xs, table, tbase, bases, bbase, bp, c, row0, col0, update):
+        c[row0 + i, col0 + j] (=, +=) sum_{k < kc} xs[bases[bbase + i] + table[tbase + k]]
+                                                   * bp[k * NR + j]
+
+    Per step: one offset load, NR/width vector loads of B, MR scalar broadcasts and
+    MR * NR/width multiply-adds on the MR x NR/width accumulators (named vector values)."""
+    nv = nr // width
+    assert nv * width == nr, (mr, nr, width)
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    lines = ["def micro(kc, xs, table, tbase, bases, bbase, bp, c, row0, col0, update):"]
+    # Unsigned: a signed index costs a negative-index fix-up per broadcast (the sums
+    # wrap modulo 2**64 to the right non-negative index).
+    lines += [f"    o{i} = np.uint64(bases[bbase + {i}])" for i in range(mr)]
+    for i in range(mr):
+        lines.append(f"    row = c[row0 + {i}]")
+        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
+        lines.append(f"    prefetch(row, col0 + {nr - 1})")
+    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    lines.append("    tb = np.uint64(tbase)")
+    lines.append("    for k in range(kc):")
+    lines.append("        off = np.uint64(table[tb + np.uint64(k)])")
+    lines += [f"        b{v} = vload(bp, k * {nr} + {v * width})" for v in range(nv)]
+    for i in range(mr):
+        lines.append(f"        a = vsplat(xs[o{i} + off])")
+        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines += _store_lines(acc, mr, nv, width)
+    return _compile_micro(lines, width, f"gather_micro_{mr}x{nr}")
+
+
+def _store_lines(acc, mr, nv, width):
+    lines = ["    if update:"]
+    for i in range(mr):
+        lines.append(f"        row = c[row0 + {i}]")
+        lines += [f"        vstore(row, col0 + {v * width}, "
+                  f"vadd(vload(row, col0 + {v * width}), {acc[i][v]}))" for v in range(nv)]
+    lines.append("    else:")
+    for i in range(mr):
+        lines.append(f"        row = c[row0 + {i}]")
+        lines += [f"        vstore(row, col0 + {v * width}, {acc[i][v]})" for v in range(nv)]
+    return lines
+
+
+def _compile_micro(lines, width, name):
+    from nnjit.kernels.vectors import prefetch
+
+    namespace = dict(vector_ops(width), prefetch=prefetch, np=np)
+    # Compiled under this file's name so Numba's disk cache can locate it.
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
+    micro = namespace["micro"]
+    micro.__qualname__ = micro.__name__ = name
+    # Only contraction, as gemm.micro_kernel: no reassociation of the accumulations.
+    return njit(fastmath={"contract"}, inline="never")(micro)
+
+
+@kernel("convolution_input_gradient", "implicit_gemm", signatures=_INPUT_GRADIENT,
+        multiply_adds=True, workspace=input_gradient_workspace)
+def input_gradient_implicit_gemm(level):
+    """grad_input^T = im2col(grad_output)^T @ W per stride phase, im2col read in place from a
+    zero-bordered grad_output, W^T packed once."""
+    MR, NR = tile_shape(level)
+    KC = blocking(MR, NR)[0]
+
+    def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
+        N = grad_output.shape[0]
+        K = grad_output.shape[1]
+        OH = grad_output.shape[2]
+        OW = grad_output.shape[3]
+        C = w.shape[1]
+        KH = w.shape[2]
+        KW = w.shape[3]
+        H = grad_input.shape[2]
+        W = grad_input.shape[3]
+        c_panels = (C + NR - 1) // NR
+        CP = c_panels * NR
+        w_size = CP * K * KH * KW
+        PT = KH - 1
+        PL = KW - 1
+        Hg = PT + max(OH, (H - 1 + pt) // sh + 1)
+        Wg = PL + max(OW, (W - 1 + pl) // sw + 1)
+        HWg = Hg * Wg
+        g_size = N * K * HWg
+        gpad = workspace[w_size:w_size + g_size]
+        task_base = w_size + g_size
+        GP = _pixel_group_jit(CP, MR)
+        task_size = GP * MR * CP
+        # 1. grad_output with a zero border: every tap of every pixel reads a real element.
+        for nk in prange(N * K):
+            n = nk // K
+            k = nk - n * K
+            plane = gpad[nk * HWg:(nk + 1) * HWg]
+            for yy in range(Hg):
+                d = plane[yy * Wg:(yy + 1) * Wg]
+                oy = yy - PT
+                if oy < 0 or oy >= OH:
+                    for t in range(Wg):
+                        d[t] = 0
+                else:
+                    src = grad_output[n, k, oy]
+                    for t in range(PL):
+                        d[t] = 0
+                    for t in range(OW):
+                        d[PL + t] = src[t]
+                    for t in range(PL + OW, Wg):
+                        d[t] = 0
+        w_off = 0
+        for ph in range(sh):
+            nI = (KH - ph + sh - 1) // sh if ph < KH else 0
+            yf = (ph - pt) % sh                 # first y of the phase
+            Hq = (H - yf + sh - 1) // sh if yf < H else 0
+            bh = (yf + pt - ph) // sh           # oy of (a = 0, u = 0)
+            for pw in range(sw):
+                nJ = (KW - pw + sw - 1) // sw if pw < KW else 0
+                xf = (pw - pl) % sw
+                Wq = (W - xf + sw - 1) // sw if xf < W else 0
+                bw = (xf + pl - pw) // sw
+                taps = nI * nJ
+                R = K * taps
+                HWq = Hq * Wq
+                Np = N * HWq
+                if Np == 0:
+                    continue
+                if R == 0:
+                    # No tap reaches these pixels: their gradient is zero.
+                    for nc in prange(N * C):
+                        n = nc // C
+                        c = nc - n * C
+                        for a in range(Hq):
+                            row = grad_input[n, c, yf + sh * a]
+                            for b in range(Wq):
+                                row[xf + sw * b] = 0
+                    continue
+                # 2. B[(k, u, v), c] = w[k, c, ph + sh*u, pw + sw*v] in NR-channel panels:
+                # panel q holds (r, jj) at r * NR + jj, channels past C zero.
+                wpack = workspace[w_off:w_off + CP * R]
+                for q in prange(c_panels):
+                    dst = wpack[q * R * NR:(q + 1) * R * NR]
+                    chans = min(NR, C - q * NR)
+                    for k in range(K):
+                        for u in range(nI):
+                            for v in range(nJ):
+                                r = (k * nI + u) * nJ + v
+                                d = dst[r * NR:(r + 1) * NR]
+                                for jj in range(chans):
+                                    d[jj] = w[k, q * NR + jj, ph + sh * u, pw + sw * v]
+                                for jj in range(chans, NR):
+                                    d[jj] = 0
+                # Row r = (k, u, v) of pixel (n, a, b) reads gpad at base(n, a, b) + roff[r].
+                roff = np.empty(R, np.int64)
+                for k in range(K):
+                    for u in range(nI):
+                        for v in range(nJ):
+                            roff[(k * nI + u) * nJ + v] = k * HWg - u * Wg - v
+                base = (bh + PT) * Wg + bw + PL
+                # 3. tasks: runs of MR-pixel panels, in groups whose C rows stay in L2.
+                p_panels = (Np + MR - 1) // MR
+                n_tasks = min(TASKS, p_panels)
+                for task in prange(n_tasks):
+                    p_lo = task * p_panels // n_tasks
+                    p_hi = (task + 1) * p_panels // n_tasks
+                    cbuf = workspace[task_base + task * task_size:
+                                     task_base + (task + 1) * task_size].reshape((GP * MR, CP))
+                    bases = np.empty(GP * MR, np.int64)
+                    for g_lo in range(p_lo, p_hi, GP):
+                        g_hi = min(p_hi, g_lo + GP)
+                        pix0 = g_lo * MR
+                        pixels = min(g_hi * MR, Np) - pix0
+                        for t in range((g_hi - g_lo) * MR):
+                            g = min(pix0 + t, Np - 1)   # pad a partial panel with a real pixel
+                            n = g // HWq
+                            rem = g - n * HWq
+                            a = rem // Wq
+                            b = rem - a * Wq
+                            bases[t] = n * K * HWg + a * Wg + b + base
+                        for pc in range(0, R, KC):
+                            kc = min(KC, R - pc)
+                            for q in range(c_panels):
+                                start = q * R * NR + pc * NR
+                                bp = wpack[start:start + kc * NR]
+                                for p in range(g_lo, g_hi):
+                                    o = (p - g_lo) * MR
+                                    _gather_micro(kc, gpad, roff, pc, bases, o, bp, cbuf, o,
+                                                  q * NR, pc > 0)
+                        # 4. the group's pixels out to grad_input, transposed.
+                        t = 0
+                        while t < pixels:
+                            g = pix0 + t
+                            n = g // HWq
+                            rem = g - n * HWq
+                            a = rem // Wq
+                            b = rem - a * Wq
+                            ln = min(pixels - t, Wq - b)
+                            y = yf + sh * a
+                            x0 = xf + sw * b
+                            for c in range(C):
+                                row = grad_input[n, c, y]
+                                for e in range(ln):
+                                    row[x0 + sw * e] = cbuf[t + e, c]
+                            t += ln
+                w_off += CP * R
+
+    return with_globals(input_gradient, _gather_micro=gather_micro_kernel(
+        MR, NR, level.vector_floats))
+
+
+# ----------------------------------------------------------------- kernel gradient
+@functools.lru_cache(maxsize=None)
+def strided_micro_kernel(mr: int, nr: int, width: int):
+    """The MR x NR micro-kernel with A broadcast straight from a flat array instead of a
+    packed panel (a plain @njit helper, like gemm.micro_kernel):
+
+    micro(rows, cols, rstride, cstride, xs, table, tbase, shift, bp, c, row0, col0, update):
+        c[row0 + i, col0 + j] (=, +=) sum_{r < rows, s < cols}
+            xs[o_i + r * rstride + s * cstride] * bp[(r * cols + s) * NR + j]
+    with o_i = shift + table[tbase + i] (an int64 array of row offsets).
+
+    The MR x NR/width accumulators are named vector values held across both loops; per
+    step: NR/width vector loads of B, MR scalar broadcasts and MR * NR/width multiply-adds."""
+    nv = nr // width
+    assert nv * width == nr, (mr, nr, width)
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    lines = ["def micro(rows, cols, rstride, cstride, xs, table, tbase, shift, bp, c, row0, "
+             "col0, update):"]
+    lines += [f"    o{i} = shift + table[tbase + {i}]" for i in range(mr)]
+    for i in range(mr):
+        lines.append(f"    row = c[row0 + {i}]")
+        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
+        lines.append(f"    prefetch(row, col0 + {nr - 1})")
+    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    # Unsigned indices: a signed one costs a negative-index fix-up per broadcast.
+    lines.append("    rs = np.uint64(rstride)")
+    lines.append("    cs = np.uint64(cstride)")
+    lines += [f"    u{i} = np.uint64(o{i})" for i in range(mr)]
+    lines.append("    t = 0")
+    lines.append("    for r in range(rows):")
+    lines.append("        idx = np.uint64(r) * rs")
+    lines.append("        for s in range(cols):")
+    lines += [f"            b{v} = vload(bp, t + {v * width})" for v in range(nv)]
+    for i in range(mr):
+        lines.append(f"            a = vsplat(xs[u{i} + idx])")
+        lines += [f"            {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines.append(f"            t += {nr}")
+    lines.append("            idx += cs")
+    lines += _store_lines(acc, mr, nv, width)
+    return _compile_micro(lines, width, f"strided_micro_{mr}x{nr}")
+
+
+# Row panels a task should own at least, so that each B slice (in L1) meets enough of
+# them: with fewer, grad_output^T streams from memory once per task.
+MIN_TASK_PANELS = 24
+
+
+def _kernel_gradient_split(m_panels, n):
+    """(row blocks, batch groups): a power-of-two count of row blocks of at least
+    MIN_TASK_PANELS panels (at most TASKS), the batch split into groups for the rest of
+    TASKS; each group sums into its own partial grad_w^T."""
+    blocks = 1
+    while blocks * 2 <= TASKS and m_panels // (blocks * 2) >= MIN_TASK_PANELS:
+        blocks *= 2
+    return blocks, max(1, min(n, TASKS // blocks))
+
+
+_kernel_gradient_split_jit = njit(inline="always")(_kernel_gradient_split)
+
+
+def _kernel_gradient_sizes(mr, nr, x_shape, go_shape, kernel_size, sh, sw):
+    n, c, _, _ = x_shape
+    k, oh, ow = go_shape[1:]
+    kh, kw = kernel_size
+    hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    m_panels = _cdiv(c * kh * kw, mr)
+    blocks, groups = _kernel_gradient_split(m_panels, n)
+    block = _cdiv(m_panels, blocks) * mr
+    kp = _cdiv(k, nr) * nr
+    return n * c * hp * wp, kp * n * oh * ow, groups * blocks * block * kp
+
+
+def kernel_gradient_workspace(level, x, grad_output, grad_w, sh, sw, pt, pl) -> int:
+    """Floats of scratch: padded x, grad_output^T panels, partial grad_w^T per batch group."""
+    mr, nr = tile_shape(level)
+    return sum(_kernel_gradient_sizes(mr, nr, x.shape, grad_output.shape, grad_w.shape[2:],
+                                      sh, sw))
+
+
+@kernel("convolution_kernel_gradient", "implicit_gemm", signatures=_KERNEL_GRADIENT,
+        multiply_adds=True, workspace=kernel_gradient_workspace)
+def kernel_gradient_implicit_gemm(level):
+    """grad_w^T = im2col(x) @ grad_output^T summed over the batch: grad_output^T packed once,
+    im2col(x) read in place by the micro-kernel from a zero-padded copy of x."""
+    MR, NR = tile_shape(level)
+    KC = blocking(MR, NR)[0]
+
+    def kernel_gradient(x, grad_output, grad_w, sh, sw, pt, pl, workspace):
+        N = x.shape[0]
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = grad_output.shape[1]
+        OH = grad_output.shape[2]
+        OW = grad_output.shape[3]
+        KH = grad_w.shape[2]
+        KW = grad_w.shape[3]
+        Hp = (OH - 1) * sh + KH
+        Wp = (OW - 1) * sw + KW
+        P = OH * OW
+        taps = KH * KW
+        M = C * taps
+        m_panels = (M + MR - 1) // MR
+        k_panels = (K + NR - 1) // NR
+        KP = k_panels * NR
+        RB, BG = _kernel_gradient_split_jit(m_panels, N)
+        block = (m_panels + RB - 1) // RB * MR
+        xs_size = N * C * Hp * Wp
+        b_size = KP * N * P
+        xpad = workspace[:xs_size]
+        bpack = workspace[xs_size:xs_size + b_size]
+        task_base = xs_size + b_size
+        task_size = block * KP
+        n_tasks = RB * BG
+        # 1. xpad[n, c, yy, xx] = x[n, c, yy - pt, xx - pl], zero outside.
+        for nc in prange(N * C):
+            n = nc // C
+            c = nc - n * C
+            lo = min(max(pl, 0), Wp)
+            hi = max(min(pl + W, Wp), lo)
+            for yy in range(Hp):
+                d = xpad[(nc * Hp + yy) * Wp:(nc * Hp + yy + 1) * Wp]
+                y = yy - pt
+                if y < 0 or y >= H:
+                    for t in range(Wp):
+                        d[t] = 0
+                else:
+                    src = x[n, c, y]
+                    for t in range(lo):
+                        d[t] = 0
+                    for t in range(lo, hi):
+                        d[t] = src[t - pl]
+                    for t in range(hi, Wp):
+                        d[t] = 0
+        # 2. grad_output^T in NR-channel panels: panel q holds (pixel t of image n, channel
+        # jj) at ((q * N + n) * P + t) * NR + jj, channels past K zero.
+        for nq in prange(N * k_panels):
+            n = nq // k_panels
+            q = nq - n * k_panels
+            dst = bpack[(q * N + n) * P * NR:(q * N + n + 1) * P * NR]
+            chans = min(NR, K - q * NR)
+            for jj in range(chans):
+                k = q * NR + jj
+                for oy in range(OH):
+                    src = grad_output[n, k, oy]
+                    for ox in range(OW):
+                        dst[(oy * OW + ox) * NR + jj] = src[ox]
+            for t in range(P):
+                for jj in range(chans, NR):
+                    dst[t * NR + jj] = 0
+        # 3. tasks: (block of MR-row panels of grad_w^T) x (group of images), each summing
+        # into its own partial grad_w^T rows.
+        chunk_rows = max(1, KC // OW)
+        for task in prange(n_tasks):
+            g = task // RB
+            rb = task - g * RB
+            p_lo = rb * m_panels // RB
+            p_hi = (rb + 1) * m_panels // RB
+            n_lo = g * N // BG
+            n_hi = (g + 1) * N // BG
+            region = workspace[task_base + task * task_size:
+                               task_base + (task + 1) * task_size]
+            cbuf = region.reshape((block, KP))
+            # Offset of each row's tap (c, i, j) in an image of xpad; rows past M repeat
+            # the last row (their results are dropped).
+            table = np.empty(block, np.int64)
+            for rr in range((p_hi - p_lo) * MR):
+                m = min(p_lo * MR + rr, M - 1)
+                c = m // taps
+                ij = m - c * taps
+                i = ij // KW
+                j = ij - i * KW
+                table[rr] = (c * Hp + i) * Wp + j
+            first = True
+            for n in range(n_lo, n_hi):
+                image = n * C * Hp * Wp
+                for oy0 in range(0, OH, chunk_rows):
+                    rows = min(chunk_rows, OH - oy0)
+                    shift = image + oy0 * sh * Wp
+                    for q in range(k_panels):
+                        start = ((q * N + n) * P + oy0 * OW) * NR
+                        bp = bpack[start:start + rows * OW * NR]
+                        for p in range(p_lo, p_hi):
+                            o = (p - p_lo) * MR
+                            _strided_micro(rows, OW, sh * Wp, sw, xpad, table, o, shift,
+                                           bp, cbuf, o, q * NR, not first)
+                    first = False
+        # 4. out, transposed and summed over the groups: grad_w[k, m] = sum_g part_g[m, k].
+        gw = grad_w.reshape((K, M))
+        for m in prange(M):
+            p = m // MR
+            rb = p * RB // m_panels
+            while rb + 1 < RB and (rb + 1) * m_panels // RB <= p:
+                rb += 1
+            while rb > 0 and rb * m_panels // RB > p:
+                rb -= 1
+            rr = m - (rb * m_panels // RB) * MR
+            src = workspace[task_base + rb * task_size + rr * KP:
+                            task_base + rb * task_size + (rr + 1) * KP]
+            for k in range(K):
+                gw[k, m] = src[k]
+            for g in range(1, BG):
+                start = task_base + (g * RB + rb) * task_size + rr * KP
+                src = workspace[start:start + KP]
+                for k in range(K):
+                    gw[k, m] += src[k]
+
+    return with_globals(kernel_gradient, _strided_micro=strided_micro_kernel(
+        MR, NR, level.vector_floats))
