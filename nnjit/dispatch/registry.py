@@ -24,8 +24,9 @@ KERNEL_MODULES = (
     "nnjit.kernels.softmax",
     "nnjit.kernels.pooling",
     "nnjit.kernels.gemm",
-    "nnjit.kernels.conv_forward",
+    "nnjit.kernels.fully_connected",
     "nnjit.kernels.conv_gradients",
+    "nnjit.kernels.conv_forward",
 )
 
 # fastmath flags for every kernel: reassociation and contraction (so reductions vectorise

@@ -104,3 +104,16 @@ def convolution_kernel_gradient(x, grad_output, kernel_size, padding, stride):
     for i, j, rows, cols in _taps(out_h, out_w, kh, kw, stride):
         grad[:, :, i, j] = np.einsum("nkhw,nchw->kc", g, xp[:, :, rows, cols])
     return grad
+
+
+def fully_connected_output(x, w, bias=None):
+    """x [N, IN] @ w[OUT, IN]^T (+ bias), products and sums in float64 (w may be float16:
+    its values are exact in float64)."""
+    out = x.astype(np.float64) @ w.astype(np.float64).T
+    return out if bias is None else out + bias.astype(np.float64)
+
+
+def fully_connected_inference(x, w, bias=None):
+    """w[OUT, IN] @ x[IN] (+ bias) in float64 (float16 weights taken at their exact value)."""
+    out = w.astype(np.float64) @ x.astype(np.float64)
+    return out if bias is None else out + bias.astype(np.float64)
