@@ -206,8 +206,15 @@ def inspect_asm(operation: str, level=None, algorithm: str | None = None, *,
     if algorithm is None:
         algorithm = next(s.algorithm for s in specs() if s.operation == operation) \
             if operation in operations() else "?"
-    # Code loaded from the disk cache carries no assembly: compile afresh, uncached.
-    dispatcher = _compile(spec(operation, algorithm), level, use_disk_cache=False)
+    from nnjit.dispatch.isa import host_arch
+
+    dispatcher = None
+    if level.arch == host_arch():
+        dispatcher = variant(operation, algorithm, level)
+        if sum(dispatcher.stats.cache_hits.values()):
+            dispatcher = None           # loaded from the disk cache: it carries no assembly
+    if dispatcher is None:              # compile afresh, uncached, and never call it
+        dispatcher = _compile(spec(operation, algorithm), level, use_disk_cache=False)
     return "\n".join(dispatcher.inspect_asm(sig) for sig in dispatcher.signatures)
 
 
