@@ -135,7 +135,9 @@ def operations() -> tuple[str, ...]:
 
 def variant(operation: str, algorithm: str, level: IsaLevel):
     """The compiled kernel for (operation, algorithm, level); compiled (or loaded from the
-    disk cache) on first use, exactly once even when several threads ask together."""
+    disk cache) on first use, exactly once even when several threads ask together. A builder
+    registered under several names (inference and training forward share one) compiles once
+    per level."""
     key = (operation, algorithm, level.arch, level.name)
     found = _variants.get(key)
     if found is not None:
@@ -143,8 +145,12 @@ def variant(operation: str, algorithm: str, level: IsaLevel):
     with _lock:
         found = _variants.get(key)
         if found is None:
+            kernel_spec = spec(operation, algorithm)
+            twin = next((_variants[k] for k in _variants if k[2:] == key[2:] and
+                         _specs[k[:2]].build is kernel_spec.build and
+                         _specs[k[:2]].signatures == kernel_spec.signatures), None)
             started = time.perf_counter()
-            found = _compile(spec(operation, algorithm), level, use_disk_cache=True)
+            found = twin or _compile(kernel_spec, level, use_disk_cache=True)
             _variants[key] = found
             _compile_seconds[key] = time.perf_counter() - started
     return found
@@ -158,7 +164,8 @@ def _compile(kernel_spec: KernelSpec, level: IsaLevel, use_disk_cache: bool):
     options = kernel_spec.options
     dispatcher = target_for(level).jit(py_func, **options)
     if use_disk_cache and cache_enabled():
-        name = f"{kernel_spec.operation}-{kernel_spec.algorithm}-{level.arch}-{level.name}"
+        build = kernel_spec.build
+        name = f"{build.__module__.rsplit('.', 1)[-1]}.{build.__name__}-{level.arch}-{level.name}"
         dispatcher._cache = KernelCache(py_func, name, options)
     for signature in kernel_spec.signatures:
         dispatcher.compile(signature)
