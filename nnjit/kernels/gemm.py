@@ -50,8 +50,10 @@ TILE_VECTORS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def tile_shape(level) -> tuple[int, int]:
-    """(MR, NR) for a level; NNJIT_GEMM_TILE=MRxNR overrides it (for tuning)."""
+    """(MR, NR) for a level; NNJIT_GEMM_TILE=MRxNR overrides it (a tuning knob, read once
+    per process: layers ask for the shape on every call)."""
     override = os.environ.get("NNJIT_GEMM_TILE", "").strip()
     if override:
         mr, nr = (int(v) for v in override.lower().split("x"))
@@ -64,11 +66,13 @@ def _round_down(x: int, m: int) -> int:
     return max(m, x // m * m)
 
 
+@functools.lru_cache(maxsize=None)
 def blocking(mr: int, nr: int) -> tuple[int, int, int]:
     """(KC, MC, NC) from the host caches, NNPACK's budget rules (nnpack.md 5.3):
     L1 budget = L1 / threads sharing it; L2 budget = (L2 - L1) / threads sharing it;
     L3 budget = L3 - L2; KC = E1 / (mr + nr) rounded down to 2, MC = round_down(E2 / KC, mr),
-    NC = round_down(E3 / KC, nr), E = budget / 4 bytes."""
+    NC = round_down(E3 / KC, nr), E = budget / 4 bytes. NNJIT_GEMM_KC overrides KC (read
+    once per process)."""
     from nnjit.dispatch.cpu import cpu_info
 
     info = cpu_info()

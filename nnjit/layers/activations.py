@@ -37,7 +37,7 @@ def relu_output(x, negative_slope=0.0, *, out=None):
     out = checks.output("out", out, x.shape, {"x": x}, in_place_ok=("x",))
     flat_out = None if in_place else out.reshape(-1)
     return decide("relu_output", "direct", _ELEMENTWISE,
-                  f"x={x.shape}, negative_slope={float(slope)}, in_place={in_place}",
+                  dict(x=x.shape, negative_slope=float(slope), in_place=in_place),
                   (x.reshape(-1), flat_out, slope), out)
 
 
@@ -58,7 +58,7 @@ def relu_input_gradient(grad_output, x, negative_slope=0.0, *, out=None):
                         in_place_ok=("grad_output",))
     flat_out = None if in_place else out.reshape(-1)
     return decide("relu_input_gradient", "direct", _ELEMENTWISE,
-                  f"grad_output={x.shape}, negative_slope={float(slope)}, in_place={in_place}",
+                  dict(grad_output=x.shape, negative_slope=float(slope), in_place=in_place),
                   (grad_output.reshape(-1), x.reshape(-1), flat_out, slope), out)
 
 
@@ -73,4 +73,4 @@ def softmax_output(x, *, out=None):
                              1: ("channels", errors.InvalidChannels)})
     out = checks.output("out", out, x.shape, {"x": x}, in_place_ok=("x",))
     return decide("softmax_output", "direct", "max, exp-sum, scale per row (the only algorithm)",
-                  f"x={x.shape}, in_place={in_place}", (x, None if in_place else out), out)
+                  dict(x=x.shape, in_place=in_place), (x, None if in_place else out), out)

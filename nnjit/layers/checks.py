@@ -53,6 +53,8 @@ def output(name: str, out, shape: tuple, inputs: dict[str, np.ndarray],
 
 
 def positive_int(name: str, value, error=errors.InvalidArgument, *, minimum: int = 1) -> int:
+    if type(value) is int and value >= minimum:  # the common case, checked cheaply
+        return value
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise errors.InvalidType(f"{name} must be an int, got {value!r}")
     if value < minimum:

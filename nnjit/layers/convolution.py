@@ -7,6 +7,8 @@ what is built and a request for anything else names what is supported for that s
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from nnjit import errors
@@ -51,12 +53,18 @@ def _channels_match(name, x, axis, w, w_axis, what):
                                   f"{w.shape} expects {w.shape[w_axis]}")
 
 
+@functools.lru_cache(maxsize=None)
+def _built(operation: str) -> frozenset:
+    """The algorithms registered for an operation (the registry is fixed once loaded)."""
+    return frozenset(s.algorithm for s in registry.specs() if s.operation == operation)
+
+
 def _choose(operation: str, algorithm, kernel_size, stride) -> tuple[str, str]:
     """(algorithm, why): ``auto`` picks direct for 1x1 stride-1 where a direct kernel exists,
     implicit GEMM otherwise; an explicit request must be built and fit the shape."""
     if algorithm not in ALGORITHMS:
         raise errors.InvalidAlgorithm(f"algorithm={algorithm!r}: must be one of {ALGORITHMS}")
-    built = {s.algorithm for s in registry.specs() if s.operation == operation}
+    built = _built(operation)
     pointwise = tuple(kernel_size) == (1, 1) and tuple(stride) == (1, 1)
     fits = {"implicit_gemm": True, "direct": pointwise}
     supported = sorted(a for a in built if fits.get(a, False))
@@ -111,8 +119,8 @@ def _forward(operation, x, w, bias, padding, stride, algorithm, activation, out,
     chosen, why = _choose(operation, algorithm, w.shape[2:], strides)
     out4 = out if batched else out[None]
     return decide(operation, chosen, why,
-                  f"x={x.shape}, w={w.shape}, padding={pads}, stride={strides}, "
-                  f"activation={activation}",
+                  dict(x=x.shape, w=w.shape, padding=pads, stride=strides,
+                       activation=activation),
                   (x4, w, bias, out4, strides[0], strides[1], pads[0], pads[3], relu), out)
 
 
@@ -162,8 +170,8 @@ def convolution_input_gradient(grad_output, w, input_size, *, padding=0, stride=
     out = checks.output("out", out, shape, {"grad_output": grad_output, "w": w})
     chosen, why = _choose("convolution_input_gradient", algorithm, w.shape[2:], strides)
     return decide("convolution_input_gradient", chosen, why,
-                  f"grad_output={grad_output.shape}, w={w.shape}, input_size={size}, "
-                  f"padding={pads}, stride={strides}",
+                  dict(grad_output=grad_output.shape, w=w.shape, input_size=size,
+                       padding=pads, stride=strides),
                   (grad_output, w, out, strides[0], strides[1], pads[0], pads[3]), out)
 
 
@@ -190,6 +198,6 @@ def convolution_kernel_gradient(x, grad_output, kernel_size, *, padding=0, strid
     out = checks.output("out", out, shape, {"x": x, "grad_output": grad_output})
     chosen, why = _choose("convolution_kernel_gradient", algorithm, kernel, strides)
     return decide("convolution_kernel_gradient", chosen, why,
-                  f"x={x.shape}, grad_output={grad_output.shape}, kernel_size={kernel}, "
-                  f"padding={pads}, stride={strides}",
+                  dict(x=x.shape, grad_output=grad_output.shape, kernel_size=kernel,
+                       padding=pads, stride=strides),
                   (x, grad_output, out, strides[0], strides[1], pads[0], pads[3]), out)

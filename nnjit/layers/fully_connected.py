@@ -71,7 +71,7 @@ def fully_connected_output(x, w, bias=None, *, out=None):
     bias = _check(x, w, bias, 1)
     n, m = x.shape[0], w.shape[0]
     out = checks.output("out", out, (n, m), _inputs(x, w, bias))
-    arguments = f"x={x.shape}, w={w.shape}, bias={'none' if bias is None else bias.shape}"
+    arguments = dict(x=x.shape, w=w.shape, bias="none" if bias is None else bias.shape)
     level, _ = policy.effective_level()
     _, nr, _ = output_tiles(level)
     has_bias = bias is not None
@@ -99,8 +99,8 @@ def fully_connected_inference(x, w, bias=None, *, out=None):
     (k,), m = x.shape, w.shape[0]
     out = checks.output("out", out, (m,), _inputs(x, w, bias))
     has_bias = bias is not None
-    arguments = (f"x={x.shape}, w={w.shape} {w.dtype}, "
-                 f"bias={'none' if bias is None else bias.shape}")
+    arguments = dict(x=x.shape, w=f"{w.shape} {w.dtype}",
+                     bias="none" if bias is None else bias.shape)
     args = (x.reshape(1, k), w.view(np.uint16) if w.dtype == np.float16 else w,
             _NO_BIAS if bias is None else bias, has_bias, out.reshape(1, m))
     if w.dtype == np.float16:

@@ -26,7 +26,13 @@ class Decision:
     level: IsaLevel
     level_reason: str
     threads: int
-    arguments: str
+    # The call's arguments as {name: shape or value}, formatted only when read: formatting
+    # costs microseconds on every call, and shapes (not arrays) keep nothing alive.
+    described: dict
+
+    @property
+    def arguments(self) -> str:
+        return ", ".join(f"{name}={value}" for name, value in self.described.items())
 
     def __str__(self) -> str:
         return (f"{self.operation}({self.arguments})\n"
@@ -54,7 +60,7 @@ class Plan:
         return self.result
 
 
-def decide(operation: str, algorithm: str, algorithm_reason: str, arguments: str,
+def decide(operation: str, algorithm: str, algorithm_reason: str, arguments: dict,
            kernel_args: tuple, result) -> Plan:
     level, level_reason = policy.effective_level()
     decision = Decision(operation, algorithm, algorithm_reason, level, level_reason,

@@ -52,6 +52,6 @@ def max_pooling_output(x, pool_size, stride=None, padding=0, *, ceil_mode=True, 
     out = checks.output("out", out, (batch, channels, out_h, out_w), {"x": x})
     return decide("max_pooling_output", "direct",
                   "separable row-buffer max (the only algorithm)",
-                  f"x={x.shape}, pool=({pool_h}, {pool_w}), stride=({stride_h}, {stride_w}), "
-                  f"padding=({top}, {right}, {bottom}, {left}), ceil_mode={ceil_mode}",
+                  dict(x=x.shape, pool=(pool_h, pool_w), stride=(stride_h, stride_w),
+                       padding=(top, right, bottom, left), ceil_mode=ceil_mode),
                   (x, out, pool_h, pool_w, stride_h, stride_w, top, left), out)
