@@ -18,9 +18,10 @@ weights straight from MR rows of W (K x R, rows contiguous); only the B panels a
 Work is split into one task per thread: equal runs of the (NR-pixel panel, over the whole
 batch) x (MR-channel panel) grid, so batch 1 splits over pixels and channels alike and a B
 panel is packed by two tasks at most; per KC slice each B micro-panel is packed into the
-task's own buffer (it stays in L1) while the task's A panels (in L2) stream past it. The first slice
-overwrites the output, later ones add; on the last slice bias (and ReLU) are applied to the
-MR x NR tile while it is in L1.
+task's own buffer (it stays in L1) while W's rows (in L2) stream past it. A task walks its
+pixel panels in groups whose output tiles fit in L2 beside W's KC slice, and for each group
+runs every slice: the first overwrites the output, later ones add, and on the last bias (and
+ReLU) are applied to the MR x NR tile while it is in L1.
 """
 from __future__ import annotations
 
@@ -185,6 +186,7 @@ def row_packer(nr: int, width: int):
 def _build(level, pointwise: bool):
     MR, NR = tile_shape(level)
     KC, MC, _ = blocking(MR, NR)
+    L2_FLOATS = MC * KC     # NNPACK's L2 budget, floats
     BP = panel_floats(level)
     POINTWISE = pointwise
 
@@ -214,6 +216,7 @@ def _build(level, pointwise: bool):
         n_panels = (P + NR - 1) // NR
         units = N * n_panels
         cells = units * m_panels
+        GU = max(1, (L2_FLOATS - K * KC) // (K * NR))
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
         for task in prange(threads):
@@ -226,58 +229,63 @@ def _build(level, pointwise: bool):
             seg = np.empty((NR + 2, 4), np.int64)
             u_lo = c_lo // m_panels
             u_hi = (c_hi - 1) // m_panels + 1
-            for pc in range(0, R, KC):
-                kc = min(KC, R - pc)
-                update = pc > 0
-                last = pc + kc >= R
-                for u in range(u_lo, u_hi):
-                    p_lo = max(0, c_lo - u * m_panels)
-                    p_hi = min(m_panels, c_hi - u * m_panels)
-                    n = u // n_panels
-                    col0 = (u - n * n_panels) * NR
-                    cols = min(NR, P - col0)
-                    xf = x[n].reshape(C * H * W)
-                    on = out[n].reshape((K, P))
-                    if general:
-                        # runs of pixels along output rows
-                        nseg = 0
-                        p0 = col0
-                        while p0 < col0 + cols:
-                            oy = p0 // OW
-                            ox = p0 - oy * OW
-                            ln = min(OW - ox, col0 + cols - p0)
-                            seg[nseg, 0] = oy
-                            seg[nseg, 1] = ox
-                            seg[nseg, 2] = ln
-                            seg[nseg, 3] = p0 - col0
-                            nseg += 1
-                            p0 += ln
-                        _pack(xf, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg,
-                              cols)
-                    else:
-                        _pack_rows(xf, bp, kc, pc, P, col0, cols)
-                    for p in range(p_lo, p_hi):
-                        row0 = p * MR
-                        rows = min(MR, K - row0)
-                        if rows == MR and cols == NR:
-                            _micro(kc, wf, row0, pc, bp, on, row0, col0, update)
-                            if last:
-                                _finish(on, row0, col0, bias, relu)
+            # Pixel panels in groups whose output tiles stay in L2 across the KC slices
+            # (slice-outer over all of a batch's panels streamed the output through memory
+            # once per slice).
+            for ub in range(u_lo, u_hi, GU):
+                ue = min(u_hi, ub + GU)
+                for pc in range(0, R, KC):
+                    kc = min(KC, R - pc)
+                    update = pc > 0
+                    last = pc + kc >= R
+                    for u in range(ub, ue):
+                        p_lo = max(0, c_lo - u * m_panels)
+                        p_hi = min(m_panels, c_hi - u * m_panels)
+                        n = u // n_panels
+                        col0 = (u - n * n_panels) * NR
+                        cols = min(NR, P - col0)
+                        xf = x[n].reshape(C * H * W)
+                        on = out[n].reshape((K, P))
+                        if general:
+                            # runs of pixels along output rows
+                            nseg = 0
+                            p0 = col0
+                            while p0 < col0 + cols:
+                                oy = p0 // OW
+                                ox = p0 - oy * OW
+                                ln = min(OW - ox, col0 + cols - p0)
+                                seg[nseg, 0] = oy
+                                seg[nseg, 1] = ox
+                                seg[nseg, 2] = ln
+                                seg[nseg, 3] = p0 - col0
+                                nseg += 1
+                                p0 += ln
+                            _pack(xf, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg,
+                                  cols)
                         else:
-                            _micro_any(rows, kc, wf, row0, pc, bp, scratch, 0, 0, False)
-                            for i in range(rows):
-                                dst = on[row0 + i, col0:col0 + cols]
-                                s = scratch[i]
-                                b = bias[row0 + i]
-                                for j in range(cols):
-                                    v = s[j]
-                                    if update:
-                                        v += dst[j]
-                                    if last:
-                                        v += b
-                                        if relu and v < 0:
-                                            v = 0
-                                    dst[j] = v
+                            _pack_rows(xf, bp, kc, pc, P, col0, cols)
+                        for p in range(p_lo, p_hi):
+                            row0 = p * MR
+                            rows = min(MR, K - row0)
+                            if rows == MR and cols == NR:
+                                _micro(kc, wf, row0, pc, bp, on, row0, col0, update)
+                                if last:
+                                    _finish(on, row0, col0, bias, relu)
+                            else:
+                                _micro_any(rows, kc, wf, row0, pc, bp, scratch, 0, 0, False)
+                                for i in range(rows):
+                                    dst = on[row0 + i, col0:col0 + cols]
+                                    s = scratch[i]
+                                    b = bias[row0 + i]
+                                    for j in range(cols):
+                                        v = s[j]
+                                        if update:
+                                            v += dst[j]
+                                        if last:
+                                            v += b
+                                            if relu and v < 0:
+                                                v = 0
+                                        dst[j] = v
 
     width = level.vector_floats
     return with_globals(conv, _micro=fc_micro_kernel(MR, NR, width),
