@@ -81,71 +81,100 @@ def packer(nr: int, width: int):
     """pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
     bp[k * nr + j] = im2col row r0 + k, pixel j of the panel, for k < kc, j < nr (zero for
     taps outside the image and for j >= cols). xf is one image flattened (C*H*W); the panel's
-    pixels come as nseg runs along output rows: seg[s] = (oy, ox0, length, j0). Vector
-    stores may run up to width - 1 floats past a run (the next run, the zero tail or the next
-    k row overwrites them; bp has width floats of slack), vector loads past the run's last
-    tap stay inside xf."""
-    ops = vector_ops(width)
+    pixels come as nseg runs along output rows: seg[s] = (oy, ox0, length, j0).
+
+    Each run is copied in whole vectors (strides 1 and 2): plain loads inside the image,
+    masked loads at its edges, whose lanes outside the image (padding) or past the run read
+    nothing and give zeros, so there is no scalar edge loop. Other strides copy scalars."""
 
     def pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
-        total = xf.shape[0]
         HW = H * W
         taps = KH * KW
-        c = r0 // taps
-        rem = r0 - c * taps
-        ky = rem // KW
-        kx = rem - ky * KW
         zero = vzero()
-        for k in range(kc):
-            base = k * nr
-            for s in range(nseg):
-                oy = seg[s, 0]
-                ox0 = seg[s, 1]
-                ln = seg[s, 2]
-                j0 = base + seg[s, 3]
-                iy = oy * sh - pt + ky
-                if iy < 0 or iy >= H:
-                    for t in range(0, ln, width):
-                        vstore(bp, j0 + t, zero)
-                    continue
-                ix0 = ox0 * sw - pl + kx
+        c0 = r0 // taps
+        ky0 = (r0 - c0 * taps) // KW
+        kx0 = r0 - c0 * taps - ky0 * KW
+        # Run by run, then in groups of rows that share (channel, ky) and so an image row:
+        # the per-row work is a few adds and the run's vectors. Whole vectors first, then
+        # the run's last part: a vector that may write zeros past the run (the next run
+        # overwrites them later) unless it would cross into the next row, which an earlier
+        # run has written: then a masked store.
+        for s in range(nseg):
+            ln = seg[s, 2]
+            j0 = seg[s, 3]
+            iy0 = seg[s, 0] * sh - pt
+            ixb = seg[s, 1] * sw - pl
+            full = ln // width * width
+            tail = ln - full
+            tail_spills = j0 + full + width > nr
+            # Every tap of the run inside the image's columns: plain loads for whole vectors.
+            inside = ixb >= 0 and ixb + KW - 1 + (ln - 1) * sw <= W - 1
+            c = c0
+            ky = ky0
+            kx = kx0
+            k = 0
+            while k < kc:
+                rows = min(KW - kx, kc - k)
+                iy = iy0 + ky
+                dst = k * nr + j0
+                ix0 = ixb + kx
                 src = c * HW + iy * W + ix0
-                t_lo = 0
-                if ix0 < 0:
-                    t_lo = min(ln, (sw - 1 - ix0) // sw)
-                t_hi = ln
-                if ix0 + (ln - 1) * sw > W - 1:
-                    t_hi = (W - 1 - ix0) // sw + 1 if ix0 <= W - 1 else 0
-                    if t_hi < t_lo:
-                        t_hi = t_lo
-                t = t_lo
-                if sw == 1:
-                    while t < t_hi and src + t + width <= total:
-                        vstore(bp, j0 + t, vload(xf, src + t))
-                        t += width
-                elif sw == 2:
-                    while t < t_hi and src + 2 * t + 2 * width <= total:
-                        vstore(bp, j0 + t, vload_even(xf, src + 2 * t))
-                        t += width
-                while t < t_hi:
-                    bp[j0 + t] = xf[src + t * sw]
-                    t += 1
-                for t in range(t_lo):
-                    bp[j0 + t] = 0
-                for t in range(t_hi, ln):
-                    bp[j0 + t] = 0
-            for j in range(cols, nr):
-                bp[base + j] = 0
-            kx += 1
-            if kx == KW:
-                kx = 0
-                ky += 1
-                if ky == KH:
-                    ky = 0
-                    c += 1
+                row_inside = iy >= 0 and iy < H
+                for kk in range(rows):
+                    # lanes t with 0 <= ix0 + t * sw < W (and t < ln) read the image
+                    lo = 0
+                    hi = ln
+                    if not row_inside:
+                        hi = 0
+                    elif not inside:
+                        if sw == 1:
+                            lo = max(0, -ix0)
+                            hi = min(ln, W - ix0)
+                        elif sw == 2:
+                            lo = max(0, (1 - ix0) >> 1)
+                            hi = min(ln, (W - ix0 + 1) >> 1)
+                    if sw == 1 or sw == 2 or not row_inside:
+                        for t in range(0, full, width):
+                            # (vload_even reads one float past its last lane: keep it in
+                            # the row)
+                            if lo <= t and t + width <= hi and (
+                                    sw == 1 or ix0 + 2 * (t + width) <= W):
+                                v = vload(xf, src + t) if sw == 1 else vload_even(xf, src + 2 * t)
+                            elif sw == 1:
+                                v = vload_lanes(xf, src + t, lo - t, hi - t)
+                            else:
+                                v = vload_even_lanes(xf, src + 2 * t, lo - t, hi - t)
+                            vstore(bp, dst + t, v)
+                        if tail > 0:
+                            if sw == 1:
+                                v = vload_lanes(xf, src + full, lo - full, hi - full)
+                            else:
+                                v = vload_even_lanes(xf, src + 2 * full, lo - full, hi - full)
+                            if tail_spills:
+                                vstore_lanes(bp, dst + full, v, tail)
+                            else:
+                                vstore(bp, dst + full, v)
+                    else:
+                        for t in range(ln):
+                            ix = ix0 + t * sw
+                            bp[dst + t] = xf[src + t * sw] if 0 <= ix < W else 0
+                    ix0 += 1
+                    src += 1
+                    dst += nr
+                k += rows
+                kx += rows
+                if kx == KW:
+                    kx = 0
+                    ky += 1
+                    if ky == KH:
+                        ky = 0
+                        c += 1
+        if cols < nr:
+            for k in range(kc):
+                for j in range(cols, nr):
+                    bp[k * nr + j] = 0
 
-    namespace = dict(ops)
-    pack = with_globals(pack, **namespace)
+    pack = with_globals(pack, **vector_ops(width))
     pack.__qualname__ = pack.__name__ = f"pack_im2col_{nr}"
     return njit(inline="never")(pack)
 
@@ -154,29 +183,22 @@ def packer(nr: int, width: int):
 def row_packer(nr: int, width: int):
     """copy(xf, bp, kc, r0, P, col0, cols): bp[k * nr + j] = xf[(r0 + k) * P + col0 + j],
     zero for j >= cols: B micro-panel of a 1x1 stride-1 unpadded convolution (the image's
-    rows as they are)."""
+    rows as they are), in whole vectors (masked loads past cols)."""
     nv = nr // width
 
     def copy(xf, bp, kc, r0, P, col0, cols):
-        total = xf.shape[0]
+        src = r0 * P + col0
         if cols == nr:
-            src = r0 * P + col0
             for k in range(kc):
                 for v in range(nv):
                     vstore(bp, k * nr + v * width, vload(xf, src + v * width))
                 src += P
         else:
             for k in range(kc):
-                src = (r0 + k) * P + col0
-                t = 0
-                while t < cols and src + t + width <= total:
-                    vstore(bp, k * nr + t, vload(xf, src + t))
-                    t += width
-                while t < cols:
-                    bp[k * nr + t] = xf[src + t]
-                    t += 1
-                for j in range(cols, nr):
-                    bp[k * nr + j] = 0
+                for v in range(nv):
+                    t = v * width
+                    vstore(bp, k * nr + t, vload_lanes(xf, src + t, 0, cols - t))
+                src += P
 
     copy = with_globals(copy, **vector_ops(width))
     copy.__qualname__ = copy.__name__ = f"pack_rows_{nr}"

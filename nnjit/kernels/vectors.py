@@ -36,8 +36,9 @@ def _element_pointer(context, builder, aryty, ary, index):
 @functools.lru_cache(maxsize=None)
 def vector_ops(width: int) -> dict:
     """Intrinsics on <width x float>, by name: vzero, vsplat, vload, vstore, vfma, vadd,
-    vmax, vload_even. vload/vstore/vload_even take a 1-D C-contiguous float32 array and an
-    element index (unaligned)."""
+    vmax, vload_even, the masked loads vload_lanes / vload_even_lanes and the masked
+    store vstore_lanes. The loads and
+    stores take a 1-D C-contiguous float32 array and an element index (unaligned)."""
     vty = F32Vector(width)
     llvm_vty = ir.VectorType(ir.FloatType(), width)
 
@@ -137,8 +138,102 @@ def vector_ops(width: int) -> dict:
             return builder.shuffle_vector(both, ir.Constant(wide, ir.Undefined), evens)
         return vty(arr, index), codegen
 
+    i32 = ir.IntType(32)
+    mask_ty = ir.VectorType(ir.IntType(1), width)
+
+    def lane_mask(builder, lo, hi, lanes):
+        """<width x i1>: lanes[i] in [lo, hi) for the constant i32 lane numbers ``lanes``."""
+        def splat(value):
+            value = builder.trunc(value, i32) if value.type.width > 32 else value
+            one = builder.insert_element(ir.Constant(ir.VectorType(i32, width), ir.Undefined),
+                                         value, ir.Constant(i32, 0))
+            return builder.shuffle_vector(one, ir.Constant(ir.VectorType(i32, width),
+                                                           ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, width), [0] * width))
+        lane = ir.Constant(ir.VectorType(i32, width), lanes)
+        return builder.and_(builder.icmp_signed(">=", lane, splat(lo)),
+                            builder.icmp_signed("<", lane, splat(hi)))
+
+    def masked_load(builder, base, offset, mask):
+        """llvm.masked.load of <width x float> at base + offset floats: masked-off lanes are
+        zeros and never read (so the address may lie outside the array for them)."""
+        ptr = builder.gep(base, [offset])       # not inbounds: may point outside
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(llvm_vty, [llvm_vty.as_pointer(), i32, mask_ty,
+                                                       llvm_vty]),
+            f"llvm.masked.load.v{width}f32.p0")
+        return builder.call(fn, [builder.bitcast(ptr, llvm_vty.as_pointer()),
+                                 ir.Constant(i32, 4), mask,
+                                 ir.Constant(llvm_vty, [ir.Constant(ir.FloatType(), 0.0)]
+                                             * width)])
+
+    def is_index(*values):
+        return all(isinstance(v, types.Integer) for v in values)
+
+    @intrinsic
+    def vload_lanes(typingctx, arr, index, lo, hi):
+        """Lane i (0 <= i < width): arr[index + i] if lo <= i < hi, else 0. Lanes outside
+        [lo, hi) are never read, so a run's edges need no scalar loop (lo, hi are clamped
+        by the mask: any values work)."""
+        if not is_f32_row(arr) or not is_index(index, lo, hi):
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+            index, lo, hi = (context.cast(builder, v, t, types.int64)
+                             for v, t in zip(args[1:], signature.args[1:]))
+            mask = lane_mask(builder, lo, hi, list(range(width)))
+            return masked_load(builder, data, index, mask)
+        return vty(arr, index, lo, hi), codegen
+
+    @intrinsic
+    def vload_even_lanes(typingctx, arr, index, lo, hi):
+        """Lane i: arr[index + 2 * i] if lo <= i < hi, else 0 (a stride-2 vload_lanes: two
+        masked loads and one shuffle; nothing outside the lanes' elements is read)."""
+        if not is_f32_row(arr) or not is_index(index, lo, hi):
+            return None
+        evens = ir.Constant(ir.VectorType(i32, width), list(range(0, 2 * width, 2)))
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+            index, lo, hi = (context.cast(builder, v, t, types.int64)
+                             for v, t in zip(args[1:], signature.args[1:]))
+            halves = []
+            for half in range(2):
+                # element e of this half is lane (half * width + e) / 2 when even
+                lanes = [(half * width + e) // 2 if e % 2 == 0 else -1 for e in range(width)]
+                mask = lane_mask(builder, lo, hi, lanes)
+                halves.append(masked_load(builder, data,
+                                          builder.add(index, ir.Constant(index.type,
+                                                                         half * width)),
+                                          mask))
+            return builder.shuffle_vector(halves[0], halves[1], evens)
+        return vty(arr, index, lo, hi), codegen
+
+    @intrinsic
+    def vstore_lanes(typingctx, arr, index, value, n):
+        """arr[index + i] = value[i] for lanes 0 <= i < n only (llvm.masked.store): a run's
+        last vector without writing past it."""
+        if not is_f32_row(arr) or not is_index(index, n) or value != vty:
+            return None
+
+        def codegen(context, builder, signature, args):
+            data = context.make_array(signature.args[0])(context, builder, value=args[0]).data
+            index = context.cast(builder, args[1], signature.args[1], types.int64)
+            n = context.cast(builder, args[3], signature.args[3], types.int64)
+            mask = lane_mask(builder, ir.Constant(ir.IntType(64), 0), n, list(range(width)))
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [llvm_vty, llvm_vty.as_pointer(),
+                                                                i32, mask_ty]),
+                f"llvm.masked.store.v{width}f32.p0")
+            ptr = builder.bitcast(builder.gep(data, [index]), llvm_vty.as_pointer())
+            builder.call(fn, [args[2], ptr, ir.Constant(i32, 4), mask])
+            return context.get_dummy_value()
+        return types.none(arr, index, value, n), codegen
+
     return dict(vzero=vzero, vsplat=vsplat, vload=vload, vstore=vstore, vfma=vfma, vadd=vadd,
-                vmax=vmax, vload_even=vload_even)
+                vmax=vmax, vload_even=vload_even, vload_lanes=vload_lanes,
+                vload_even_lanes=vload_even_lanes, vstore_lanes=vstore_lanes)
 
 
 @intrinsic
