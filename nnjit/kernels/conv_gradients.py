@@ -354,11 +354,22 @@ def _kernel_gradient_split(m_panels, n):
 _kernel_gradient_split_jit = njit(inline="always")(_kernel_gradient_split)
 
 
-def _kernel_gradient_sizes(mr, nr, x_shape, go_shape, kernel_size, sh, sw):
-    n, c, _, _ = x_shape
+def _reads_x_in_place(pt, pl, hp, wp, h, w):
+    """Whether every tap lands inside x (no top/left padding, and the taps' extent within
+    x): the kernel gradient then reads x itself instead of a zero-padded copy."""
+    return pt == 0 and pl == 0 and hp <= h and wp <= w
+
+
+_reads_x_in_place_jit = njit(inline="always")(_reads_x_in_place)
+
+
+def _kernel_gradient_sizes(mr, nr, x_shape, go_shape, kernel_size, sh, sw, pt, pl):
+    n, c, h, w = x_shape
     k, oh, ow = go_shape[1:]
     kh, kw = kernel_size
     hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
+    if _reads_x_in_place(pt, pl, hp, wp, h, w):
+        hp = wp = 0
     m_panels = _cdiv(c * kh * kw, mr)
     blocks, groups = _kernel_gradient_split(m_panels, n)
     block = _cdiv(m_panels, blocks) * mr
@@ -367,17 +378,19 @@ def _kernel_gradient_sizes(mr, nr, x_shape, go_shape, kernel_size, sh, sw):
 
 
 def kernel_gradient_workspace(level, x, grad_output, grad_w, sh, sw, pt, pl) -> int:
-    """Floats of scratch: padded x, grad_output^T panels, partial grad_w^T per batch group."""
+    """Floats of scratch: padded x (unless no tap reaches the padding), grad_output^T panels,
+    partial grad_w^T per batch group."""
     mr, nr = tile_shape(level)
     return sum(_kernel_gradient_sizes(mr, nr, x.shape, grad_output.shape, grad_w.shape[2:],
-                                      sh, sw))
+                                      sh, sw, pt, pl))
 
 
 @kernel("convolution_kernel_gradient", "implicit_gemm", signatures=_KERNEL_GRADIENT,
         multiply_adds=True, workspace=kernel_gradient_workspace)
 def kernel_gradient_implicit_gemm(level):
     """grad_w^T = im2col(x) @ grad_output^T summed over the batch: grad_output^T packed once,
-    im2col(x) read in place by the micro-kernel from a zero-padded copy of x."""
+    im2col(x) read in place by the micro-kernel, from x itself where no tap reaches the
+    padding, else from a zero-padded copy of x."""
     MR, NR = tile_shape(level)
     KC = blocking(MR, NR)[0]
 
@@ -401,15 +414,20 @@ def kernel_gradient_implicit_gemm(level):
         KP = k_panels * NR
         RB, BG = _kernel_gradient_split_jit(m_panels, N)
         block = (m_panels + RB - 1) // RB * MR
-        xs_size = N * C * Hp * Wp
+        # Taps that reach no padding read x as it is; others a zero-padded copy of it.
+        in_place = _reads_x_in_place_jit(pt, pl, Hp, Wp, H, W)
+        XH = H if in_place else Hp      # plane and row strides of what the taps read
+        XW = W if in_place else Wp
+        xs_size = 0 if in_place else N * C * Hp * Wp
         b_size = KP * N * P
         xpad = workspace[:xs_size]
+        xflat = x.reshape(N * C * H * W)
         bpack = workspace[xs_size:xs_size + b_size]
         task_base = xs_size + b_size
         task_size = block * KP
         n_tasks = RB * BG
         # 1. xpad[n, c, yy, xx] = x[n, c, yy - pt, xx - pl], zero outside.
-        for nc in prange(N * C):
+        for nc in prange(0 if in_place else N * C):
             n = nc // C
             c = nc - n * C
             lo = min(max(pl, 0), Wp)
@@ -466,20 +484,24 @@ def kernel_gradient_implicit_gemm(level):
                 ij = m - c * taps
                 i = ij // KW
                 j = ij - i * KW
-                table[rr] = (c * Hp + i) * Wp + j
+                table[rr] = (c * XH + i) * XW + j
             first = True
             for n in range(n_lo, n_hi):
-                image = n * C * Hp * Wp
+                image = n * C * XH * XW
                 for oy0 in range(0, OH, chunk_rows):
                     rows = min(chunk_rows, OH - oy0)
-                    shift = image + oy0 * sh * Wp
+                    shift = image + oy0 * sh * XW
                     for q in range(k_panels):
                         start = ((q * N + n) * P + oy0 * OW) * NR
                         bp = bpack[start:start + rows * OW * NR]
                         for p in range(p_lo, p_hi):
                             o = (p - p_lo) * MR
-                            _strided_micro(rows, OW, sh * Wp, sw, xpad, table, o, shift,
-                                           bp, cbuf, o, q * NR, not first)
+                            if in_place:
+                                _strided_micro(rows, OW, sh * XW, sw, xflat, table, o, shift,
+                                               bp, cbuf, o, q * NR, not first)
+                            else:
+                                _strided_micro(rows, OW, sh * XW, sw, xpad, table, o, shift,
+                                               bp, cbuf, o, q * NR, not first)
                     first = False
         # 4. out, transposed and summed over the groups: grad_w[k, m] = sum_g part_g[m, k].
         gw = grad_w.reshape((K, M))
