@@ -101,6 +101,17 @@ def with_globals(function, **extra):
     return made
 
 
+def helper(function, **options):
+    """A kernel's helper (micro-kernel, packer, epilogue) as a Numba function that is never
+    inlined and runs without reference counting: helpers take the kernel's arrays borrowed
+    and allocate nothing, and with NRT each call increfs and decrefs its array arguments
+    (atomic adds: a tenth of a small pack's time, and contended between threads that share
+    the workspace). Each level compiles its own twin."""
+    from numba import njit
+
+    return njit(inline="never", _nrt=False, **options)(function)
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:

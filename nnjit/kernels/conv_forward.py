@@ -28,9 +28,9 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.fully_connected import fc_micro_any, fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -56,14 +56,14 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
 
 @functools.lru_cache(maxsize=None)
 def epilogue(mr: int, nr: int, width: int):
-    """finish(c, row0, col0, bias, relu): c[row0 + i, col0 + j] += bias[row0 + i], then
+    """finish(c, row0, col0, bias, b0, relu): c[row0 + i, col0 + j] += bias[b0 + i], then
     max(., 0) if relu, for the MR x NR tile just stored (in L1)."""
     nv = nr // width
-    lines = ["def finish(c, row0, col0, bias, relu):",
+    lines = ["def finish(c, row0, col0, bias, b0, relu):",
              "    zero = vzero()"]
     for i in range(mr):
         lines.append(f"    row = c[row0 + {i}]")
-        lines.append(f"    b = vsplat(bias[row0 + {i}])")
+        lines.append(f"    b = vsplat(bias[b0 + {i}])")
         for v in range(nv):
             lines.append(f"    v{v} = vadd(vload(row, col0 + {v * width}), b)")
         lines.append("    if relu:")
@@ -73,24 +73,23 @@ def epilogue(mr: int, nr: int, width: int):
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     finish = namespace["finish"]
     finish.__qualname__ = finish.__name__ = f"finish_{mr}x{nr}"
-    return njit(inline="never")(finish)
+    return helper(finish)
 
 
 @functools.lru_cache(maxsize=None)
 def packer(nr: int, width: int):
-    """pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
+    """pack(xf, x0, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
     bp[k * nr + j] = im2col row r0 + k, pixel j of the panel, for k < kc, j < nr (zero for
-    taps outside the image and for j >= cols). xf is one image flattened (C*H*W); the panel's
+    taps outside the image and for j >= cols). The image is xf[x0:x0 + C*H*W]; the panel's
     pixels come as nseg runs along output rows: seg[s] = (oy, ox0, length, j0).
 
     Each run is copied in whole vectors (strides 1 and 2): plain loads inside the image,
     masked loads at its edges, whose lanes outside the image (padding) or past the run read
     nothing and give zeros, so there is no scalar edge loop. Other strides copy scalars."""
 
-    def pack(xf, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
+    def pack(xf, x0, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg, cols):
         HW = H * W
         taps = KH * KW
-        zero = vzero()
         c0 = r0 // taps
         ky0 = (r0 - c0 * taps) // KW
         kx0 = r0 - c0 * taps - ky0 * KW
@@ -118,7 +117,7 @@ def packer(nr: int, width: int):
                 iy = iy0 + ky
                 dst = k * nr + j0
                 ix0 = ixb + kx
-                src = c * HW + iy * W + ix0
+                src = x0 + c * HW + iy * W + ix0
                 row_inside = iy >= 0 and iy < H
                 for kk in range(rows):
                     # lanes t with 0 <= ix0 + t * sw < W (and t < ln) read the image
@@ -176,18 +175,18 @@ def packer(nr: int, width: int):
 
     pack = with_globals(pack, **vector_ops(width))
     pack.__qualname__ = pack.__name__ = f"pack_im2col_{nr}"
-    return njit(inline="never")(pack)
+    return helper(pack)
 
 
 @functools.lru_cache(maxsize=None)
 def row_packer(nr: int, width: int):
-    """copy(xf, bp, kc, r0, P, col0, cols): bp[k * nr + j] = xf[(r0 + k) * P + col0 + j],
+    """copy(xf, x0, bp, kc, r0, P, col0, cols): bp[k * nr + j] = xf[x0 + (r0 + k) * P + col0 + j],
     zero for j >= cols: B micro-panel of a 1x1 stride-1 unpadded convolution (the image's
     rows as they are), in whole vectors (masked loads past cols)."""
     nv = nr // width
 
-    def copy(xf, bp, kc, r0, P, col0, cols):
-        src = r0 * P + col0
+    def copy(xf, x0, bp, kc, r0, P, col0, cols):
+        src = x0 + r0 * P + col0
         if cols == nr:
             for k in range(kc):
                 for v in range(nv):
@@ -202,7 +201,7 @@ def row_packer(nr: int, width: int):
 
     copy = with_globals(copy, **vector_ops(width))
     copy.__qualname__ = copy.__name__ = f"pack_rows_{nr}"
-    return njit(inline="never")(copy)
+    return helper(copy)
 
 
 def _build(level, pointwise: bool):
@@ -211,6 +210,7 @@ def _build(level, pointwise: bool):
     L2_FLOATS = MC * KC     # NNPACK's L2 budget, floats
     BP = panel_floats(level)
     POINTWISE = pointwise
+    NR1 = level.vector_floats    # the narrow last panel: one vector of pixels
 
     def conv(x, w, bias, out, sh, sw, pt, pl, relu, workspace):
         N = x.shape[0]
@@ -247,6 +247,10 @@ def _build(level, pointwise: bool):
             if c_lo >= c_hi:
                 continue
             bp = workspace[task * BP:(task + 1) * BP]
+            # Views made once per task: one per panel costs atomic reference counts on the
+            # arrays every thread shares.
+            xall = x.reshape(N * C * H * W)
+            oall = out.reshape((N * K, P))
             scratch = np.empty((MR, NR), np.float32)
             seg = np.empty((NR + 2, 4), np.int64)
             u_lo = c_lo // m_panels
@@ -266,8 +270,11 @@ def _build(level, pointwise: bool):
                         n = u // n_panels
                         col0 = (u - n * n_panels) * NR
                         cols = min(NR, P - col0)
-                        xf = x[n].reshape(C * H * W)
-                        on = out[n].reshape((K, P))
+                        x0 = n * C * H * W
+                        o0 = n * K        # image n's first row of oall
+                        # A last panel of at most one vector of pixels (196 = 6 x 32 + 4)
+                        # is packed and multiplied one vector wide: half the wasted lanes.
+                        narrow = cols <= NR1
                         if general:
                             # runs of pixels along output rows
                             nseg = 0
@@ -282,26 +289,48 @@ def _build(level, pointwise: bool):
                                 seg[nseg, 3] = p0 - col0
                                 nseg += 1
                                 p0 += ln
-                            _pack(xf, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl, seg, nseg,
-                                  cols)
+                            if narrow:
+                                _pack1(xall, x0, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl,
+                                       seg, nseg, cols)
+                            else:
+                                _pack(xall, x0, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl,
+                                      seg, nseg, cols)
+                        elif narrow:
+                            _pack_rows1(xall, x0, bp, kc, pc, P, col0, cols)
                         else:
-                            _pack_rows(xf, bp, kc, pc, P, col0, cols)
+                            _pack_rows(xall, x0, bp, kc, pc, P, col0, cols)
+                        whole = cols == (NR1 if narrow else NR)
                         for p in range(p_lo, p_hi):
                             row0 = p * MR
                             rows = min(MR, K - row0)
-                            if rows == MR and cols == NR:
-                                _micro(kc, wf, row0, pc, bp, on, row0, col0, update)
-                                if last:
-                                    _finish(on, row0, col0, bias, relu)
+                            # whole tiles straight into out, others through scratch
+                            c = oall if whole else scratch
+                            r0 = o0 + row0 if whole else 0
+                            c0 = col0 if whole else 0
+                            add = update and whole
+                            if rows == MR and narrow:
+                                _micro1(kc, wf, row0, pc, bp, c, r0, c0, add)
+                            elif rows == MR:
+                                _micro(kc, wf, row0, pc, bp, c, r0, c0, add)
+                            elif narrow:
+                                _micro1_any(rows, kc, wf, row0, pc, bp, c, r0, c0, add)
                             else:
-                                _micro_any(rows, kc, wf, row0, pc, bp, scratch, 0, 0, False)
+                                _micro_any(rows, kc, wf, row0, pc, bp, c, r0, c0, add)
+                            if whole and rows == MR:
+                                if last and narrow:
+                                    _finish1(oall, r0, col0, bias, row0, relu)
+                                elif last:
+                                    _finish(oall, r0, col0, bias, row0, relu)
+                            elif last or not whole:
+                                # scratch into out (adding what earlier slices left), and
+                                # the bias after the last slice
                                 for i in range(rows):
-                                    dst = on[row0 + i, col0:col0 + cols]
-                                    s = scratch[i]
+                                    dst = oall[o0 + row0 + i, col0:col0 + cols]
+                                    s = c[r0 + i, c0:c0 + cols]
                                     b = bias[row0 + i]
                                     for j in range(cols):
                                         v = s[j]
-                                        if update:
+                                        if update and not whole:
                                             v += dst[j]
                                         if last:
                                             v += b
@@ -310,10 +339,15 @@ def _build(level, pointwise: bool):
                                         dst[j] = v
 
     width = level.vector_floats
+    # (a level whose tile is one vector wide has no narrower panel: NR1 = NR)
     return with_globals(conv, _micro=fc_micro_kernel(MR, NR, width),
                         _micro_any=fc_micro_any(MR, NR, width),
                         _finish=epilogue(MR, NR, width), _pack=packer(NR, width),
-                        _pack_rows=row_packer(NR, width))
+                        _pack_rows=row_packer(NR, width),
+                        _micro1=fc_micro_kernel(MR, NR1, width),
+                        _micro1_any=fc_micro_any(MR, NR1, width),
+                        _finish1=epilogue(MR, NR1, width), _pack1=packer(NR1, width),
+                        _pack_rows1=row_packer(NR1, width))
 
 
 @kernel("convolution_inference", "implicit_gemm", signatures=_SIGNATURE, multiply_adds=True,

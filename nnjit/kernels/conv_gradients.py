@@ -38,7 +38,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -141,7 +141,7 @@ def _compile_micro(lines, width, name):
     micro = namespace["micro"]
     micro.__qualname__ = micro.__name__ = name
     # Only contraction, as gemm.micro_kernel: no reassociation of the accumulations.
-    return njit(fastmath={"contract"}, inline="never")(micro)
+    return helper(micro, fastmath={"contract"})
 
 
 @kernel("convolution_input_gradient", "implicit_gemm", signatures=_INPUT_GRADIENT,

@@ -28,11 +28,11 @@ from __future__ import annotations
 import functools
 
 from llvmlite import ir
-from numba import njit, prange
+from numba import prange
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
-from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import reads, writes
 from nnjit.kernels.vectors import F32Vector, vector_ops
@@ -175,7 +175,7 @@ def dot_rows(rows: int, width: int, half: bool, native_f16: bool):
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     dots = namespace["dots"]
     dots.__qualname__ = dots.__name__ = f"dots_{rows}x{width}{'_f16' if half else ''}"
-    return njit(fastmath={"contract"}, inline="never")(dots)
+    return helper(dots, fastmath={"contract"})
 
 
 def _gemv(level, half: bool):
@@ -287,7 +287,7 @@ def fc_micro_kernel(rows: int, nr: int, width: int):
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     micro = namespace["micro"]
     micro.__qualname__ = micro.__name__ = f"fc_micro_{rows}x{nr}"
-    return njit(fastmath={"contract"}, inline="never")(micro)
+    return helper(micro, fastmath={"contract"})
 
 
 @functools.lru_cache(maxsize=None)
@@ -302,7 +302,7 @@ def fc_micro_any(mr: int, nr: int, width: int):
     exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
     micro_any = namespace["micro_any"]
     micro_any.__qualname__ = micro_any.__name__ = f"fc_micro_upto_{mr}x{nr}"
-    return njit(inline="never")(micro_any)
+    return helper(micro_any)
 
 
 def _gemm_workspace(level, x, w, bias, has_bias, out) -> int:

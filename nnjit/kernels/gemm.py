@@ -29,10 +29,10 @@ import os
 import threading
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 from numba.core import types
 
-from nnjit.dispatch.registry import kernel, with_globals
+from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.vectors import prefetch, vector_ops
 
 # Tile shape per (float32 lanes, FMA): (MR rows, NR columns as a count of vectors). Measured
@@ -133,7 +133,7 @@ def micro_kernel(mr: int, nr: int, width: int):
     micro.__qualname__ = micro.__name__ = f"micro_{mr}x{nr}"
     # Only contraction: with reassociation the loop vectoriser may vectorise the k loop
     # itself (every accumulator a reduction over k, the panels read by gathers).
-    return njit(fastmath={"contract"}, inline="never")(micro)
+    return helper(micro, fastmath={"contract"})
 
 
 # Compute tasks per (jc, pc) step, at least, all of about the same size: prange splits its
