@@ -22,6 +22,8 @@ import subprocess
 import sys
 import time
 
+from nnjit.bench.peers import ncnn_extract, ncnn_net, thread_env
+
 # name: (N, C, K, H=W, kernel, padding, stride)
 CONFIGS = {
     "alexnet.conv2/1": (1, 64, 192, 27, 5, 2, 1),
@@ -122,33 +124,19 @@ def ncnn_runner(name, x, w, b, threads):
     import numpy as np
 
     n, c, k, h, ks, p, s = CONFIGS[name]
-    net = ncnn.Net()
-    net.opt.num_threads = threads
-    net.opt.use_vulkan_compute = False
-    blob_alloc, work_alloc = ncnn.UnlockedPoolAllocator(), ncnn.PoolAllocator()
-    net.opt.blob_allocator = blob_alloc
-    net.opt.workspace_allocator = work_alloc
-    param = (f"7767517\n2 2\nInput data 0 1 data\nConvolution conv 1 1 data out "
-             f"0={k} 1={ks} 3={s} 4={p} 5=1 6={w.size}\n")
-    if net.load_param_mem(param) != 0:
-        raise RuntimeError("ncnn: load_param failed")
-    net.load_model_mem(np.zeros(1, np.uint32).tobytes() + w.tobytes() + b.tobytes())
+    net, keep = ncnn_net(threads, f"Convolution conv 1 1 data out 0={k} 1={ks} 3={s} 4={p} "
+                                  f"5=1 6={w.size}", w.tobytes() + b.tobytes())
     mats = [ncnn.Mat(x[i]) for i in range(n)]        # share x
     o = out_side(h, ks, p, s)
     outs = [None] * n
 
     def call():
         for i in range(n):
-            ex = net.create_extractor()
-            ex.input("data", mats[i])
-            ret, out = ex.extract("out", 0)
-            if ret != 0:
-                raise RuntimeError(f"ncnn extract returned {ret}")
-            outs[i] = out
+            outs[i] = ncnn_extract(net, mats[i])
 
     def result():
         return np.stack([np.array(m).reshape(k, o, o) for m in outs])
-    call.keep = (net, mats, blob_alloc, work_alloc)
+    call.keep = (net, mats, keep)
     return call, result
 
 
@@ -282,9 +270,7 @@ def main() -> None:
         for threads in args.threads:
             libs = args.libs if pass_ % 2 == 0 else args.libs[::-1]
             for lib in libs:
-                env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads),
-                           OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                           CONV_BENCH_TMP=tmp)
+                env = thread_env(threads, CONV_BENCH_TMP=tmp)
                 command = [sys.executable, os.path.abspath(__file__), "--worker", lib,
                            str(threads), "--repeats", str(args.repeats), "--names", *names]
                 done = subprocess.run(command, env=env, capture_output=True, text=True)

@@ -15,11 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import subprocess
 import sys
 import time
+
+from nnjit.bench.peers import thread_env
 
 # name: (N, C, K, H=W, kernel, stride, padding): the batch-16 layers of peer-results.md.
 LAYERS = {
@@ -144,8 +145,7 @@ def main() -> None:
         parser.error(f"--only {args.only!r} matches none of {', '.join(LAYERS)}")
     rows = []
     for threads in args.threads:
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-                   OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
+        env = thread_env(threads, NUMBA_NUM_THREADS=str(threads))
         command = [sys.executable, __file__, "--worker", "--threads", str(threads),
                    "--repeats", str(args.repeats), "--blocks", str(args.blocks),
                    "--ops", args.ops]

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
+
+from nnjit.bench.peers import ncnn_extract, ncnn_net, thread_env
 
 CONFIGS = {"fc6": (9216, 4096), "fc7": (4096, 4096)}
 LIBRARIES = ("nnjit", "nnjit_f16", "torch", "numpy", "ncnn", "ncnn_fp32")
@@ -34,37 +35,18 @@ def _ncnn_runner(x, w, threads, fp16_storage=True):
 
     n, k = x.shape
     m = w.shape[0]
-    net = ncnn.Net()
-    net.opt.num_threads = threads
-    net.opt.use_vulkan_compute = False
-    if not fp16_storage:
-        net.opt.use_fp16_storage = False
-        net.opt.use_fp16_packed = False
-        net.opt.use_fp16_arithmetic = False
-    blob_alloc, work_alloc = ncnn.UnlockedPoolAllocator(), ncnn.PoolAllocator()
-    net.opt.blob_allocator = blob_alloc
-    net.opt.workspace_allocator = work_alloc
-    param = (f"7767517\n2 2\nInput data 0 1 data\n"
-             f"InnerProduct fc 1 1 data out 0={m} 1=0 2={m * k}\n")
-    if net.load_param_mem(param) != 0:
-        raise RuntimeError("ncnn Net: load_param failed")
-    # model file: a 4-byte tag 0 (raw float32) before the weights
-    net.load_model_mem(np.zeros(1, np.uint32).tobytes() + w.tobytes())
+    net, keep = ncnn_net(threads, f"InnerProduct fc 1 1 data out 0={m} 1=0 2={m * k}",
+                         w.tobytes(), fp16_storage)
     mat = ncnn.Mat(x[0]) if n == 1 else ncnn.Mat(x)          # shares x
     box = [None]
 
     def call():
-        ex = net.create_extractor()
-        ex.input("data", mat)
-        ret, out = ex.extract("out", 0)
-        if ret != 0:
-            raise RuntimeError(f"ncnn extract returned {ret}")
-        box[0] = out
+        box[0] = ncnn_extract(net, mat)
 
     def result():
         return np.array(box[0]).reshape(n, m)
 
-    return call, result, (net, mat, x, w, blob_alloc, work_alloc)
+    return call, result, (net, mat, x, w, keep)
 
 
 def worker(args) -> None:
@@ -168,8 +150,7 @@ def main() -> None:
         return
     rows = []
     for threads in args.threads:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                   MKL_NUM_THREADS=str(threads))
+        env = thread_env(threads)
         command = [sys.executable, __file__, "--worker", "--threads", str(threads),
                    "--repeats", str(args.repeats), "--blocks", str(args.blocks),
                    "--configs", *args.configs]

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
+
+from nnjit.bench.peers import thread_env
 
 
 def worker(args) -> None:
@@ -71,8 +72,7 @@ def main() -> None:
         return
     rows = []
     for threads in args.threads:
-        env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
-                   MKL_NUM_THREADS=str(threads))
+        env = thread_env(threads)
         command = [sys.executable, __file__, "--worker", "--threads", str(threads),
                    "--repeats", str(args.repeats), "--blocks", str(args.blocks), "--sizes", *map(str, args.sizes)]
         if args.level:

@@ -17,6 +17,53 @@ import numpy as np
 from nnjit.bench.configs import Config
 
 
+def thread_env(threads: int, **extra) -> dict:
+    """os.environ for a worker process with every BLAS and OpenMP pool set to ``threads``
+    (OpenBLAS and oneDNN fix their pools when they load)."""
+    import os
+
+    return dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+                MKL_NUM_THREADS=str(threads), **extra)
+
+
+def ncnn_net(threads: int, layer: str, weights: bytes = b"", fp16_storage: bool = True):
+    """A two-layer ncnn Net, ``Input data`` then ``layer`` (a param line reading blob data
+    and writing blob out), its model the raw float32 ``weights``; blob and workspace memory
+    recycled between calls, as ncnn applications do. Returns (net, keep): keep holds what
+    must outlive the net (its allocators). fp16_storage=False keeps float32 weights (ncnn's
+    default stores them as fp16 on x86 with F16C)."""
+    import ncnn
+
+    net = ncnn.Net()
+    net.opt.num_threads = threads
+    net.opt.use_vulkan_compute = False
+    if not fp16_storage:
+        net.opt.use_fp16_storage = False
+        net.opt.use_fp16_packed = False
+        net.opt.use_fp16_arithmetic = False
+    keep = (ncnn.UnlockedPoolAllocator(), ncnn.PoolAllocator())
+    net.opt.blob_allocator, net.opt.workspace_allocator = keep
+    if net.load_param_mem(f"7767517\n2 2\nInput data 0 1 data\n{layer}\n") != 0:
+        raise RuntimeError(f"ncnn: load_param failed for {layer!r}")
+    if weights:
+        # model file: a 4-byte tag 0 (raw float32) before the weights (the binding's
+        # load_model_mem returns nothing to check)
+        net.load_model_mem(np.zeros(1, np.uint32).tobytes() + weights)
+    elif net.load_model(ncnn.DataReaderFromEmpty()) != 0:
+        raise RuntimeError(f"ncnn: load_model failed for {layer!r}")
+    return net, keep
+
+
+def ncnn_extract(net, mat):
+    """Run the net on ``mat`` (blob data -> blob out, NCHW out: extract type 0)."""
+    ex = net.create_extractor()
+    ex.input("data", mat)
+    ret, out = ex.extract("out", 0)
+    if ret != 0:
+        raise RuntimeError(f"ncnn extract returned {ret}")
+    return out
+
+
 class NotSupported(Exception):
     pass
 
@@ -200,18 +247,8 @@ class Ncnn(Peer):
             n, c, h, w = cfg.shape
             p = cfg.padding
             # pad_mode 1 = valid: the explicit pads only, so floor-mode sizes as torch's
-            param = (f"7767517\n2 2\nInput data 0 1 data\n"
-                     f"Pooling pool 1 1 data out 0=0 1={cfg.pool} 2={cfg.stride} "
-                     f"3={p} 13={p} 14={p} 15={p} 5=1\n")
-            net = ncnn.Net()
-            net.opt.num_threads = self.threads
-            net.opt.use_vulkan_compute = False
-            # recycle blob and workspace memory between calls, as ncnn applications do
-            blob_alloc, work_alloc = ncnn.UnlockedPoolAllocator(), ncnn.PoolAllocator()
-            net.opt.blob_allocator = blob_alloc
-            net.opt.workspace_allocator = work_alloc
-            if net.load_param_mem(param) != 0 or net.load_model(ncnn.DataReaderFromEmpty()) != 0:
-                raise RuntimeError("ncnn Net: load failed")
+            net, keep = ncnn_net(self.threads, f"Pooling pool 1 1 data out 0=0 1={cfg.pool} "
+                                               f"2={cfg.stride} 3={p} 13={p} 14={p} 15={p} 5=1")
             mat = ncnn.Mat(x.reshape(n * c, h, w))         # shares x
             # nnjit takes and returns plain NCHW, so ncnn does too: its net packs the input to
             # the layout its pooling prefers (elempack 16 with AVX-512) and extract type 0
@@ -219,18 +256,12 @@ class Ncnn(Peer):
             box = [None]
 
             def call():
-                ex = net.create_extractor()
-                ex.input("data", mat)
-                ret, out = ex.extract("out", 0)
-                if ret != 0:
-                    raise RuntimeError(f"ncnn extract returned {ret}")
-                box[0] = out
+                box[0] = ncnn_extract(net, mat)
 
             def result():
                 return np.array(box[0]).reshape(cfg.out_shape)
             return Runner(call, result, "Net(Input, Pooling), NCHW in and out (packing "
-                                        "inside the timed call)",
-                          keep=(net, mat, x, blob_alloc, work_alloc))
+                                        "inside the timed call)", keep=(net, mat, x, keep))
         raise NotSupported(cfg.op)
 
 
