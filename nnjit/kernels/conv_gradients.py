@@ -363,34 +363,51 @@ def _reads_x_in_place(pt, pl, hp, wp, h, w):
 _reads_x_in_place_jit = njit(inline="always")(_reads_x_in_place)
 
 
-def _kernel_gradient_sizes(mr, nr, x_shape, go_shape, kernel_size, sh, sw, pt, pl):
+def _band_shape(block, taps, kc, ow, sh, kh, wp):
+    """(output rows per micro-kernel chunk, output rows per band, channels, rows) of a
+    task's zero-padded band of x: the image rows that a few chunks of output rows read (at
+    least 4 kernel heights, so the rows shared by neighbouring bands are a small part), for
+    the channels of the task's block of rows."""
+    chunk_rows = max(1, kc // ow)
+    band_out = (max(chunk_rows, 4 * kh) + chunk_rows - 1) // chunk_rows * chunk_rows
+    return chunk_rows, band_out, (block + taps - 1) // taps + 1, (band_out - 1) * sh + kh
+
+
+_band_shape_jit = njit(inline="always")(_band_shape)
+
+
+def _kernel_gradient_sizes(mr, nr, kc, x_shape, go_shape, kernel_size, sh, sw, pt, pl):
     n, c, h, w = x_shape
     k, oh, ow = go_shape[1:]
     kh, kw = kernel_size
     hp, wp = (oh - 1) * sh + kh, (ow - 1) * sw + kw
-    if _reads_x_in_place(pt, pl, hp, wp, h, w):
-        hp = wp = 0
     m_panels = _cdiv(c * kh * kw, mr)
     blocks, groups = _kernel_gradient_split(m_panels, n)
     block = _cdiv(m_panels, blocks) * mr
     kp = _cdiv(k, nr) * nr
-    return n * c * hp * wp, kp * n * oh * ow, groups * blocks * block * kp
+    bands = 0
+    if not _reads_x_in_place(pt, pl, hp, wp, h, w):
+        _, _, channels, rows = _band_shape(block, kh * kw, kc, ow, sh, kh, wp)
+        bands = groups * blocks * channels * rows * wp
+    return kp * n * oh * ow, groups * blocks * block * kp, bands
 
 
 def kernel_gradient_workspace(level, x, grad_output, grad_w, sh, sw, pt, pl) -> int:
-    """Floats of scratch: padded x (unless no tap reaches the padding), grad_output^T panels,
-    partial grad_w^T per batch group."""
+    """Floats of scratch: grad_output^T panels, partial grad_w^T per task, and (unless no
+    tap reaches the padding) each task's zero-padded band of x."""
     mr, nr = tile_shape(level)
-    return sum(_kernel_gradient_sizes(mr, nr, x.shape, grad_output.shape, grad_w.shape[2:],
-                                      sh, sw, pt, pl))
+    kc = blocking(mr, nr)[0]
+    return sum(_kernel_gradient_sizes(mr, nr, kc, x.shape, grad_output.shape,
+                                      grad_w.shape[2:], sh, sw, pt, pl))
 
 
 @kernel("convolution_kernel_gradient", "implicit_gemm", signatures=_KERNEL_GRADIENT,
         multiply_adds=True, workspace=kernel_gradient_workspace)
 def kernel_gradient_implicit_gemm(level):
     """grad_w^T = im2col(x) @ grad_output^T summed over the batch: grad_output^T packed once,
-    im2col(x) read in place by the micro-kernel, from x itself where no tap reaches the
-    padding, else from a zero-padded copy of x."""
+    im2col(x) read in place by the micro-kernel: from x itself where no tap reaches the
+    padding, else from a zero-padded band of x per task and chunk of output rows (the rows
+    and channels the chunk reads: no padded copy of the whole input)."""
     MR, NR = tile_shape(level)
     KC = blocking(MR, NR)[0]
 
@@ -414,39 +431,18 @@ def kernel_gradient_implicit_gemm(level):
         KP = k_panels * NR
         RB, BG = _kernel_gradient_split_jit(m_panels, N)
         block = (m_panels + RB - 1) // RB * MR
-        # Taps that reach no padding read x as it is; others a zero-padded copy of it.
+        # Taps that reach no padding read x as it is; others a zero-padded band of it.
         in_place = _reads_x_in_place_jit(pt, pl, Hp, Wp, H, W)
-        XH = H if in_place else Hp      # plane and row strides of what the taps read
-        XW = W if in_place else Wp
-        xs_size = 0 if in_place else N * C * Hp * Wp
+        chunk_rows, BO, BC, BH = _band_shape_jit(block, taps, KC, OW, sh, KH, Wp)
         b_size = KP * N * P
-        xpad = workspace[:xs_size]
         xflat = x.reshape(N * C * H * W)
-        bpack = workspace[xs_size:xs_size + b_size]
-        task_base = xs_size + b_size
+        bpack = workspace[:b_size]
+        task_base = b_size
         task_size = block * KP
         n_tasks = RB * BG
-        # 1. xpad[n, c, yy, xx] = x[n, c, yy - pt, xx - pl], zero outside.
-        for nc in prange(0 if in_place else N * C):
-            n = nc // C
-            c = nc - n * C
-            lo = min(max(pl, 0), Wp)
-            hi = max(min(pl + W, Wp), lo)
-            for yy in range(Hp):
-                d = xpad[(nc * Hp + yy) * Wp:(nc * Hp + yy + 1) * Wp]
-                y = yy - pt
-                if y < 0 or y >= H:
-                    for t in range(Wp):
-                        d[t] = 0
-                else:
-                    src = x[n, c, y]
-                    for t in range(lo):
-                        d[t] = 0
-                    for t in range(lo, hi):
-                        d[t] = src[t - pl]
-                    for t in range(hi, Wp):
-                        d[t] = 0
-        # 2. grad_output^T in NR-channel panels: panel q holds (pixel t of image n, channel
+        band_base = task_base + n_tasks * task_size
+        band_size = 0 if in_place else BC * BH * Wp
+        # 1. grad_output^T in NR-channel panels: panel q holds (pixel t of image n, channel
         # jj) at ((q * N + n) * P + t) * NR + jj, channels past K zero.
         for nq in prange(N * k_panels):
             n = nq // k_panels
@@ -462,9 +458,8 @@ def kernel_gradient_implicit_gemm(level):
             for t in range(P):
                 for jj in range(chans, NR):
                     dst[t * NR + jj] = 0
-        # 3. tasks: (block of MR-row panels of grad_w^T) x (group of images), each summing
+        # 2. tasks: (block of MR-row panels of grad_w^T) x (group of images), each summing
         # into its own partial grad_w^T rows.
-        chunk_rows = max(1, KC // OW)
         for task in prange(n_tasks):
             g = task // RB
             rb = task - g * RB
@@ -475,8 +470,12 @@ def kernel_gradient_implicit_gemm(level):
             region = workspace[task_base + task * task_size:
                                task_base + (task + 1) * task_size]
             cbuf = region.reshape((block, KP))
-            # Offset of each row's tap (c, i, j) in an image of xpad; rows past M repeat
-            # the last row (their results are dropped).
+            band = workspace[band_base + task * band_size:band_base + (task + 1) * band_size]
+            c_first = (p_lo * MR) // taps
+            channels = (min(p_hi * MR, M) - 1) // taps - c_first + 1
+            # Offset of each row's tap (c, i, j) in x (or in the band: channels from
+            # c_first, BH rows of Wp); rows past M repeat the last row (their results are
+            # dropped).
             table = np.empty(block, np.int64)
             for rr in range((p_hi - p_lo) * MR):
                 m = min(p_lo * MR + rr, M - 1)
@@ -484,26 +483,52 @@ def kernel_gradient_implicit_gemm(level):
                 ij = m - c * taps
                 i = ij // KW
                 j = ij - i * KW
-                table[rr] = (c * XH + i) * XW + j
+                if in_place:
+                    table[rr] = (c * H + i) * W + j
+                else:
+                    table[rr] = ((c - c_first) * BH + i) * Wp + j
             first = True
             for n in range(n_lo, n_hi):
-                image = n * C * XH * XW
-                for oy0 in range(0, OH, chunk_rows):
-                    rows = min(chunk_rows, OH - oy0)
-                    shift = image + oy0 * sh * XW
-                    for q in range(k_panels):
-                        start = ((q * N + n) * P + oy0 * OW) * NR
-                        bp = bpack[start:start + rows * OW * NR]
-                        for p in range(p_lo, p_hi):
-                            o = (p - p_lo) * MR
-                            if in_place:
-                                _strided_micro(rows, OW, sh * XW, sw, xflat, table, o, shift,
-                                               bp, cbuf, o, q * NR, not first)
-                            else:
-                                _strided_micro(rows, OW, sh * XW, sw, xpad, table, o, shift,
-                                               bp, cbuf, o, q * NR, not first)
-                    first = False
-        # 4. out, transposed and summed over the groups: grad_w[k, m] = sum_g part_g[m, k].
+                for ob0 in range(0, OH, BO):
+                    bo = min(BO, OH - ob0)
+                    if not in_place:
+                        # the band: x rows ob0 * sh - pt + yy, columns xx - pl, zero outside
+                        lo = min(max(pl, 0), Wp)
+                        hi = max(min(pl + W, Wp), lo)
+                        for cc in range(channels):
+                            for yy in range((bo - 1) * sh + KH):
+                                d = band[(cc * BH + yy) * Wp:(cc * BH + yy + 1) * Wp]
+                                y = ob0 * sh - pt + yy
+                                if y < 0 or y >= H:
+                                    for t in range(Wp):
+                                        d[t] = 0
+                                else:
+                                    src = x[n, c_first + cc, y]
+                                    for t in range(lo):
+                                        d[t] = 0
+                                    for t in range(lo, hi):
+                                        d[t] = src[t - pl]
+                                    for t in range(hi, Wp):
+                                        d[t] = 0
+                    for oy0 in range(ob0, ob0 + bo, chunk_rows):
+                        rows = min(chunk_rows, ob0 + bo - oy0)
+                        if in_place:
+                            shift = (n * C * H + oy0 * sh) * W
+                        else:
+                            shift = (oy0 - ob0) * sh * Wp
+                        for q in range(k_panels):
+                            start = ((q * N + n) * P + oy0 * OW) * NR
+                            bp = bpack[start:start + rows * OW * NR]
+                            for p in range(p_lo, p_hi):
+                                o = (p - p_lo) * MR
+                                if in_place:
+                                    _strided_micro(rows, OW, sh * W, sw, xflat, table, o, shift,
+                                                   bp, cbuf, o, q * NR, not first)
+                                else:
+                                    _strided_micro(rows, OW, sh * Wp, sw, band, table, o, shift,
+                                                   bp, cbuf, o, q * NR, not first)
+                        first = False
+        # 3. out, transposed and summed over the groups: grad_w[k, m] = sum_g part_g[m, k].
         gw = grad_w.reshape((K, M))
         for m in prange(M):
             p = m // MR
