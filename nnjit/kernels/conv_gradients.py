@@ -11,10 +11,10 @@ im2col / col2im buffer of a whole tensor.
     i = ph + sh*u, j = pw + sw*v, and within it (oy, ox) = (a0 + a - u, b0 + b - v) for its
     pixel (a, b): a stride-1 correlation with no multiplications by the stride's zeros.
     Per phase, transposed: C[phase pixels, C] = A[pixels, K*taps] @ B[K*taps, C]. B (the
-    kernel) is packed once per call into NR-channel panels; A needs no packing: grad_output
-    is copied once with a zero border (gpad), and pixel p's row r = (k, u, v) is
-    gpad[base_p + roff[r]], which the micro-kernel broadcasts straight from gpad (MR pixel
-    bases, one offset table). Packing B panels of im2col(grad_output) on the fly instead
+    kernel) is packed once per call into NR-channel panels; A needs no packing: each task
+    copies the rows of grad_output its group of pixels reads into a zero-bordered band, and
+    pixel p's row r = (k, u, v) is band[base_p + roff[r]], which the micro-kernel broadcasts
+    straight from the band (MR pixel bases, one offset table). Packing B panels of im2col(grad_output) on the fly instead
     cost 14-18% at C = 64 (a copy per 2*C flops). Tasks own runs of MR-pixel panels, in
     groups whose C rows (MR x C each) stay in L2 across the KC slices, then write them out
     transposed into grad_input.
@@ -57,11 +57,34 @@ def _cdiv(a: int, b: int) -> int:
 
 
 # ------------------------------------------------------------------ input gradient
-def _padded_grad_output_shape(kh, kw, h, w, oh, ow, sh, sw, pt, pl):
-    """(rows, columns) of an image-channel of grad_output with its zero border: KH - 1 rows
-    above, KW - 1 columns left, enough below and right for every tap of every phase."""
-    return (kh - 1 + max(oh, (h - 1 + pt) // sh + 1),
-            kw - 1 + max(ow, (w - 1 + pl) // sw + 1))
+@functools.lru_cache(maxsize=None)
+def bordered_row_copy(width: int):
+    """copy(d, src, left, count): d[e] = src[e - left] for left <= e < left + count, else 0,
+    over all of d, in whole masked vectors: the band rows of both gradients are short
+    (tens of floats), where a scalar copy loop with zero-fill loops costs a cycle a float."""
+    ops = vector_ops(width)
+
+    def copy(d, src, left, count):
+        n = d.shape[0]
+        e = 0
+        while e + width <= n:
+            vstore(d, e, vload_lanes(src, e - left, left - e, left + count - e))
+            e += width
+        if e < n:
+            vstore_lanes(d, e, vload_lanes(src, e - left, left - e, left + count - e), n - e)
+
+    return helper(with_globals(copy, width=width, vstore=ops["vstore"],
+                               vload_lanes=ops["vload_lanes"],
+                               vstore_lanes=ops["vstore_lanes"]))
+
+
+def _band_width(kw, w, ow, sw, pl):
+    """Columns of a row of grad_output in a band: KW - 1 zeros left, then enough for every
+    tap of every phase (zeros past OW)."""
+    return kw - 1 + max(ow, (w - 1 + pl) // sw + 1)
+
+
+_band_width_jit = njit(inline="always")(_band_width)
 
 
 def _pixel_group(cp, mr):
@@ -73,16 +96,58 @@ def _pixel_group(cp, mr):
 _pixel_group_jit = njit(inline="always")(_pixel_group)
 
 
+def _phase_band_rows(pixels, wq, hwq, n, ni):
+    """Rows of a group's band of grad_output in one stride phase: the phase rows that a run
+    of ``pixels`` pixels (row-major, wq a row, hwq an image) spans in each image it touches,
+    plus ni - 1 rows above each image's part for the taps."""
+    images = min(n, (pixels + hwq - 1) // hwq + 1)
+    return (pixels + wq - 1) // wq + 2 * images + images * (ni - 1)
+
+
+_phase_band_rows_jit = njit(inline="always")(_phase_band_rows)
+
+
+def _phase(ph, k, s, p, size):
+    """(taps, first pixel, pixels, output offset) of stride phase ph along one axis:
+    kernel taps ph, ph + s, ...; input pixels first, first + s, ...; output index of
+    (pixel 0, tap 0)."""
+    taps = (k - ph + s - 1) // s if ph < k else 0
+    first = (ph - p) % s
+    pixels = (size - first + s - 1) // s if first < size else 0
+    return taps, first, pixels, (first + p - ph) // s
+
+
+_phase_jit = njit(inline="always")(_phase)
+
+
+def _band_floats(k, kh, kw, n, h, w, sh, sw, pt, pl, pixels, wg):
+    """Floats of the largest band (over the stride phases) of a group of ``pixels``."""
+    most = 0
+    for ph in range(sh):
+        ni, _, hq, _ = _phase(ph, kh, sh, pt, h)
+        for pw in range(sw):
+            nj, _, wq, _ = _phase(pw, kw, sw, pl, w)
+            if ni * nj > 0 and hq * wq > 0:
+                most = max(most, k * _phase_band_rows(pixels, wq, hq * wq, n, ni) * wg)
+    return most
+
+
+_band_floats_jit = njit(with_globals(_band_floats, _phase=_phase_jit,
+                                     _phase_band_rows=_phase_band_rows_jit))
+
+
 def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) -> int:
-    """Floats of scratch: W^T packed for all phases, grad_output zero-bordered, and per task
-    its group's rows of C."""
+    """Floats of scratch: W^T packed for all phases, and per task its group's rows of C and
+    its band of zero-bordered grad_output."""
     mr, nr = tile_shape(level)
     n, k, oh, ow = grad_output.shape
     _, c, kh, kw = w.shape
-    hg, wg = _padded_grad_output_shape(kh, kw, grad_input.shape[2], grad_input.shape[3],
-                                       oh, ow, sh, sw, pt, pl)
+    h, w_ = grad_input.shape[2:]
+    wg = _band_width(kw, w_, ow, sw, pl)
     cp = _cdiv(c, nr) * nr
-    return cp * k * kh * kw + n * k * hg * wg + TASKS * _pixel_group(cp, mr) * mr * cp
+    pixels = _pixel_group(cp, mr) * mr
+    return (cp * k * kh * kw + TASKS * pixels * cp
+            + TASKS * _band_floats(k, kh, kw, n, h, w_, sh, sw, pt, pl, pixels, wg))
 
 
 @functools.lru_cache(maxsize=None)
@@ -165,46 +230,22 @@ def input_gradient_implicit_gemm(level):
         c_panels = (C + NR - 1) // NR
         CP = c_panels * NR
         w_size = CP * K * KH * KW
-        PT = KH - 1
         PL = KW - 1
-        Hg = PT + max(OH, (H - 1 + pt) // sh + 1)
-        Wg = PL + max(OW, (W - 1 + pl) // sw + 1)
-        HWg = Hg * Wg
-        g_size = N * K * HWg
-        gpad = workspace[w_size:w_size + g_size]
-        task_base = w_size + g_size
+        Wg = _band_width_jit(KW, W, OW, sw, pl)
         GP = _pixel_group_jit(CP, MR)
+        task_base = w_size
         task_size = GP * MR * CP
-        # 1. grad_output with a zero border: every tap of every pixel reads a real element.
-        for nk in prange(N * K):
-            n = nk // K
-            k = nk - n * K
-            plane = gpad[nk * HWg:(nk + 1) * HWg]
-            for yy in range(Hg):
-                d = plane[yy * Wg:(yy + 1) * Wg]
-                oy = yy - PT
-                if oy < 0 or oy >= OH:
-                    for t in range(Wg):
-                        d[t] = 0
-                else:
-                    src = grad_output[n, k, oy]
-                    for t in range(PL):
-                        d[t] = 0
-                    for t in range(OW):
-                        d[PL + t] = src[t]
-                    for t in range(PL + OW, Wg):
-                        d[t] = 0
+        # Each task's band: the grad_output rows its group of pixels reads (all channels),
+        # with a zero border (KW - 1 columns left, zero rows where a tap leaves the image),
+        # so every tap of every pixel reads a real element.
+        band_base = task_base + TASKS * task_size
+        band_size = _band_floats_jit(K, KH, KW, N, H, W, sh, sw, pt, pl, GP * MR, Wg)
         w_off = 0
         for ph in range(sh):
-            nI = (KH - ph + sh - 1) // sh if ph < KH else 0
-            yf = (ph - pt) % sh                 # first y of the phase
-            Hq = (H - yf + sh - 1) // sh if yf < H else 0
-            bh = (yf + pt - ph) // sh           # oy of (a = 0, u = 0)
+            # taps ph + sh * u, rows yf + sh * a, (a = 0, u = 0) reads output row bh
+            nI, yf, Hq, bh = _phase_jit(ph, KH, sh, pt, H)
             for pw in range(sw):
-                nJ = (KW - pw + sw - 1) // sw if pw < KW else 0
-                xf = (pw - pl) % sw
-                Wq = (W - xf + sw - 1) // sw if xf < W else 0
-                bw = (xf + pl - pw) // sw
+                nJ, xf, Wq, bw = _phase_jit(pw, KW, sw, pl, W)
                 taps = nI * nJ
                 R = K * taps
                 HWq = Hq * Wq
@@ -236,13 +277,14 @@ def input_gradient_implicit_gemm(level):
                                     d[jj] = w[k, q * NR + jj, ph + sh * u, pw + sw * v]
                                 for jj in range(chans, NR):
                                     d[jj] = 0
-                # Row r = (k, u, v) of pixel (n, a, b) reads gpad at base(n, a, b) + roff[r].
+                # Row r = (k, u, v) of a group's pixel t reads its task's band at
+                # bases[t] + roff[r] (channel planes of `plane` floats, rows of Wg).
+                plane = _phase_band_rows_jit(GP * MR, Wq, HWq, N, nI) * Wg
                 roff = np.empty(R, np.int64)
                 for k in range(K):
                     for u in range(nI):
                         for v in range(nJ):
-                            roff[(k * nI + u) * nJ + v] = k * HWg - u * Wg - v
-                base = (bh + PT) * Wg + bw + PL
+                            roff[(k * nI + u) * nJ + v] = k * plane - u * Wg - v
                 # 3. tasks: runs of MR-pixel panels, in groups whose C rows stay in L2.
                 p_panels = (Np + MR - 1) // MR
                 n_tasks = min(TASKS, p_panels)
@@ -251,18 +293,42 @@ def input_gradient_implicit_gemm(level):
                     p_hi = (task + 1) * p_panels // n_tasks
                     cbuf = workspace[task_base + task * task_size:
                                      task_base + (task + 1) * task_size].reshape((GP * MR, CP))
+                    band = workspace[band_base + task * band_size:
+                                     band_base + task * band_size + K * plane]
                     bases = np.empty(GP * MR, np.int64)
                     for g_lo in range(p_lo, p_hi, GP):
                         g_hi = min(p_hi, g_lo + GP)
                         pix0 = g_lo * MR
                         pixels = min(g_hi * MR, Np) - pix0
-                        for t in range((g_hi - g_lo) * MR):
-                            g = min(pix0 + t, Np - 1)   # pad a partial panel with a real pixel
+                        # The band: for each image the group's pixels lie in, the output rows
+                        # their taps read (a_lo + bh - nI + 1 .. a_hi + bh), every channel,
+                        # zero-bordered.
+                        row0 = 0
+                        t = 0
+                        while t < pixels:
+                            g = pix0 + t
                             n = g // HWq
-                            rem = g - n * HWq
-                            a = rem // Wq
-                            b = rem - a * Wq
-                            bases[t] = n * K * HWg + a * Wg + b + base
+                            run = min(pixels - t, (n + 1) * HWq - g)
+                            a_lo = (g - n * HWq) // Wq
+                            rows = (g + run - 1 - n * HWq) // Wq - a_lo + nI
+                            oy0 = a_lo + bh - nI + 1
+                            for k in range(K):
+                                for rr in range(rows):
+                                    start = k * plane + (row0 + rr) * Wg
+                                    oy = oy0 + rr
+                                    inside = oy >= 0 and oy < OH
+                                    _bordered(band[start:start + Wg],
+                                              grad_output[n, k, oy if inside else 0], PL,
+                                              OW if inside else 0)
+                            for e in range(run):
+                                rem = g + e - n * HWq
+                                a = rem // Wq
+                                bases[t + e] = ((row0 + a - a_lo + nI - 1) * Wg
+                                                + rem - a * Wq + bw + PL)
+                            row0 += rows
+                            t += run
+                        for t in range(pixels, (g_hi - g_lo) * MR):
+                            bases[t] = bases[pixels - 1]    # pad a panel with a real pixel
                         for pc in range(0, R, KC):
                             kc = min(KC, R - pc)
                             for q in range(c_panels):
@@ -270,7 +336,7 @@ def input_gradient_implicit_gemm(level):
                                 bp = wpack[start:start + kc * NR]
                                 for p in range(g_lo, g_hi):
                                     o = (p - g_lo) * MR
-                                    _gather_micro(kc, gpad, roff, pc, bases, o, bp, cbuf, o,
+                                    _gather_micro(kc, band, roff, pc, bases, o, bp, cbuf, o,
                                                   q * NR, pc > 0)
                         # 4. the group's pixels out to grad_input, transposed.
                         t = 0
@@ -291,7 +357,7 @@ def input_gradient_implicit_gemm(level):
                 w_off += CP * R
 
     return with_globals(input_gradient, _gather_micro=gather_micro_kernel(
-        MR, NR, level.vector_floats))
+        MR, NR, level.vector_floats), _bordered=bordered_row_copy(level.vector_floats))
 
 
 # ----------------------------------------------------------------- kernel gradient
@@ -493,23 +559,13 @@ def kernel_gradient_implicit_gemm(level):
                     bo = min(BO, OH - ob0)
                     if not in_place:
                         # the band: x rows ob0 * sh - pt + yy, columns xx - pl, zero outside
-                        lo = min(max(pl, 0), Wp)
-                        hi = max(min(pl + W, Wp), lo)
                         for cc in range(channels):
                             for yy in range((bo - 1) * sh + KH):
-                                d = band[(cc * BH + yy) * Wp:(cc * BH + yy + 1) * Wp]
                                 y = ob0 * sh - pt + yy
-                                if y < 0 or y >= H:
-                                    for t in range(Wp):
-                                        d[t] = 0
-                                else:
-                                    src = x[n, c_first + cc, y]
-                                    for t in range(lo):
-                                        d[t] = 0
-                                    for t in range(lo, hi):
-                                        d[t] = src[t - pl]
-                                    for t in range(hi, Wp):
-                                        d[t] = 0
+                                inside = y >= 0 and y < H
+                                _bordered(band[(cc * BH + yy) * Wp:(cc * BH + yy + 1) * Wp],
+                                          x[n, c_first + cc, y if inside else 0], pl,
+                                          W if inside else 0)
                     for oy0 in range(ob0, ob0 + bo, chunk_rows):
                         rows = min(chunk_rows, ob0 + bo - oy0)
                         if in_place:
@@ -549,4 +605,4 @@ def kernel_gradient_implicit_gemm(level):
                     gw[k, m] += src[k]
 
     return with_globals(kernel_gradient, _strided_micro=strided_micro_kernel(
-        MR, NR, level.vector_floats))
+        MR, NR, level.vector_floats), _bordered=bordered_row_copy(level.vector_floats))
