@@ -16,11 +16,10 @@ import argparse
 import datetime
 import json
 import pathlib
-import subprocess
 import sys
 import time
 
-from nnjit.bench.peers import thread_env
+from nnjit.bench.peers import run_worker
 
 # name: (N, C, K, H=W, kernel, stride, padding): the batch-16 layers of peer-results.md.
 LAYERS = {
@@ -144,15 +143,11 @@ def main() -> None:
     if not _selected(args.only):
         parser.error(f"--only {args.only!r} matches none of {', '.join(LAYERS)}")
     rows = []
+    extra = ["--only", args.only] if args.only else []
     for threads in args.threads:
-        env = thread_env(threads, NUMBA_NUM_THREADS=str(threads))
-        command = [sys.executable, __file__, "--worker", "--threads", str(threads),
-                   "--repeats", str(args.repeats), "--blocks", str(args.blocks),
-                   "--ops", args.ops]
-        if args.only:
-            command += ["--only", args.only]
-        done = subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True)
-        rows += json.loads(done.stdout.strip().splitlines()[-1])
+        rows += run_worker(__file__, threads, "--repeats", str(args.repeats), "--blocks",
+                           str(args.blocks), "--ops", args.ops, *extra,
+                           NUMBA_NUM_THREADS=str(threads))
     print(f"{'layer':<22} {'gradient':<8} {'thr':>3} {'nnjit GF/s':>10} {'torch GF/s':>10} "
           f"{'ratio':>6} {'nnjit ms':>9} {'torch ms':>9} {'spread':>11}")
     for r in rows:

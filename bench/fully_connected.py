@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 
-from nnjit.bench.peers import ncnn_extract, ncnn_net, thread_env
+from nnjit.bench.peers import ncnn_extract, ncnn_net, run_worker
 
 CONFIGS = {"fc6": (9216, 4096), "fc7": (4096, 4096)}
 LIBRARIES = ("nnjit", "nnjit_f16", "torch", "numpy", "ncnn", "ncnn_fp32")
@@ -150,15 +148,8 @@ def main() -> None:
         return
     rows = []
     for threads in args.threads:
-        env = thread_env(threads)
-        command = [sys.executable, __file__, "--worker", "--threads", str(threads),
-                   "--repeats", str(args.repeats), "--blocks", str(args.blocks),
-                   "--configs", *args.configs]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.stderr.write(done.stderr)
-            raise SystemExit(done.returncode)
-        rows += json.loads(done.stdout.strip().splitlines()[-1])
+        rows += run_worker(__file__, threads, "--repeats", str(args.repeats), "--blocks",
+                           str(args.blocks), "--configs", *args.configs)
     header = (f"{'config':<8} {'thr':>3} " + " ".join(f"{lib:>10}" for lib in LIBRARIES)
               + "  /best-f32  /best-any  f16/f32 f16/ncnn  spread")
     print("GFLOP/s (median); spread = IQR/median of nnjit's times")

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 
-from nnjit.bench.peers import thread_env
+from nnjit.bench.peers import run_worker
 
 
 def worker(args) -> None:
@@ -71,16 +69,11 @@ def main() -> None:
         worker(args)
         return
     rows = []
+    extra = (["--level", args.level] if args.level else []) + (
+        ["--trans-b"] if args.trans_b else [])
     for threads in args.threads:
-        env = thread_env(threads)
-        command = [sys.executable, __file__, "--worker", "--threads", str(threads),
-                   "--repeats", str(args.repeats), "--blocks", str(args.blocks), "--sizes", *map(str, args.sizes)]
-        if args.level:
-            command += ["--level", args.level]
-        if args.trans_b:
-            command.append("--trans-b")
-        done = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-        rows += json.loads(done.stdout.strip().splitlines()[-1])
+        rows += run_worker(__file__, threads, "--repeats", str(args.repeats), "--blocks",
+                           str(args.blocks), "--sizes", *map(str, args.sizes), *extra)
     print(f"{'n':>6} {'threads':>7} {'level':>7} {'nnjit GFLOP/s':>14} {'numpy GFLOP/s':>14} "
           f"{'ratio':>6}")
     for r in rows:

@@ -26,6 +26,22 @@ def thread_env(threads: int, **extra) -> dict:
                 MKL_NUM_THREADS=str(threads), **extra)
 
 
+def run_worker(script: str, threads: int, *args: str, **extra_env) -> list:
+    """Run ``script --worker --threads N *args`` in a fresh process (its own thread pools,
+    set by thread_env) and return the JSON list its last line of output holds (its stderr,
+    progress included, passes through)."""
+    import json
+    import subprocess
+    import sys
+
+    command = [sys.executable, script, "--worker", "--threads", str(threads), *args]
+    done = subprocess.run(command, env=thread_env(threads, **extra_env),
+                          stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{script} --threads {threads} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def ncnn_net(threads: int, layer: str, weights: bytes = b"", fp16_storage: bool = True):
     """A two-layer ncnn Net, ``Input data`` then ``layer`` (a param line reading blob data
     and writing blob out), its model the raw float32 ``weights``; blob and workspace memory
