@@ -12,32 +12,23 @@ of all repeats. The machine is shared: run it twice and compare before trusting 
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import pathlib
 import sys
 import time
 
-from nnjit.bench.peers import run_worker
+from nnjit.bench.convolution import CONFIGS
+from nnjit.bench.peers import run_worker, worker_parser
 
-# name: (N, C, K, H=W, kernel, stride, padding): the batch-16 layers of peer-results.md.
-LAYERS = {
-    "alexnet.conv2/16": (16, 64, 192, 27, 5, 1, 2),
-    "alexnet.conv3/16": (16, 192, 384, 13, 3, 1, 1),
-    "alexnet.conv5/16": (16, 256, 256, 13, 3, 1, 1),
-    "overfeat.conv3/16": (16, 256, 512, 12, 3, 1, 1),
-    "vgg.conv5_2/16": (16, 512, 512, 14, 3, 1, 1),
-    "resnet18.l1.3x3/16": (16, 64, 64, 56, 3, 1, 1),
-    "resnet18.l2.3x3s2/16": (16, 64, 128, 56, 3, 2, 1),
-    "resnet18.l3.3x3/16": (16, 256, 256, 14, 3, 1, 1),
-    "resnet50.l1.1x1a/16": (16, 256, 64, 56, 1, 1, 0),
-}
+# The batch-16 layers of the forward benchmark (peer-results.md):
+# name: (N, C, K, H=W, kernel, padding, stride).
+LAYERS = {name: layer for name, layer in CONFIGS.items() if name.endswith("/16")}
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
 def _flop(layer) -> float:
-    n, c, k, hw, ks, s, p = layer
+    n, c, k, hw, ks, p, s = layer
     o = (hw + 2 * p - ks) // s + 1
     return 2.0 * n * k * c * o * o * ks * ks
 
@@ -61,7 +52,7 @@ def worker(args) -> None:
     ops = args.ops.split(",")
     rows = []
     for name in _selected(args.only):
-        n, c, k, hw, ks, s, p = LAYERS[name]
+        n, c, k, hw, ks, p, s = LAYERS[name]
         o = (hw + 2 * p - ks) // s + 1
         rng = np.random.default_rng(0)
         x = rng.uniform(0, 1, (n, c, hw, hw)).astype(np.float32)
@@ -128,14 +119,10 @@ def _selected(only):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = worker_parser(__doc__, repeats=5)
     parser.add_argument("--only", default=None, help="comma-separated layer-name substrings")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per block")
-    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks")
     parser.add_argument("--ops", default="input,kernel")
     parser.add_argument("--no-save", action="store_true")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

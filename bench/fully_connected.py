@@ -13,11 +13,10 @@ spread printed is the interquartile range of nnjit's times over their median.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
-from nnjit.bench.peers import ncnn_extract, ncnn_net, run_worker
+from nnjit.bench.peers import ncnn_extract, ncnn_net, run_worker, worker_parser
 
 CONFIGS = {"fc6": (9216, 4096), "fc7": (4096, 4096)}
 LIBRARIES = ("nnjit", "nnjit_f16", "torch", "numpy", "ncnn", "ncnn_fp32")
@@ -136,12 +135,8 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=7, help="repeats per block")
-    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks")
+    parser = worker_parser(__doc__, repeats=7)
     parser.add_argument("--configs", nargs="+", default=["fc6/64", "fc7/64", "fc6/1", "fc7/1"])
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

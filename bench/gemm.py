@@ -10,10 +10,9 @@ and each figure is the median of the repeats.
 """
 from __future__ import annotations
 
-import argparse
 import json
 
-from nnjit.bench.peers import run_worker
+from nnjit.bench.peers import run_worker, worker_parser
 
 
 def worker(args) -> None:
@@ -56,14 +55,10 @@ def worker(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = worker_parser(__doc__, repeats=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048])
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--repeats", type=int, default=5, help="repeats per block")
-    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks")
     parser.add_argument("--level", default=None, help="ISA level (default: the host's best)")
     parser.add_argument("--trans-b", action="store_true", help="b stored [N, K]: a @ b.T")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(args)

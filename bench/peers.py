@@ -26,6 +26,19 @@ def thread_env(threads: int, **extra) -> dict:
                 MKL_NUM_THREADS=str(threads), **extra)
 
 
+def worker_parser(doc: str, repeats: int):
+    """The options every worker-based benchmark takes: thread counts, repeats per block,
+    alternating blocks, and the hidden --worker that runs one thread count."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=repeats, help="repeats per block")
+    parser.add_argument("--blocks", type=int, default=3, help="alternating blocks")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
 def run_worker(script: str, threads: int, *args: str, **extra_env) -> list:
     """Run ``script --worker --threads N *args`` in a fresh process (its own thread pools,
     set by thread_env) and return the JSON list its last line of output holds (its stderr,

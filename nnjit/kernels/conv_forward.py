@@ -31,6 +31,7 @@ import numpy as np
 from numba import prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
+from nnjit.kernels.codegen import define
 from nnjit.kernels.fully_connected import fc_micro_any, fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -69,10 +70,7 @@ def epilogue(mr: int, nr: int, width: int):
         lines.append("    if relu:")
         lines += [f"        v{v} = vmax(v{v}, zero)" for v in range(nv)]
         lines += [f"    vstore(row, col0 + {v * width}, v{v})" for v in range(nv)]
-    namespace = dict(vector_ops(width))
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    finish = namespace["finish"]
-    finish.__qualname__ = finish.__name__ = f"finish_{mr}x{nr}"
+    finish = define(lines, __file__, dict(vector_ops(width)), f"finish_{mr}x{nr}")
     return helper(finish)
 
 

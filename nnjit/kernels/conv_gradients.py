@@ -39,6 +39,8 @@ import numpy as np
 from numba import njit, prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
+from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step, prefetch_tile,
+                                   store_tile)
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -161,50 +163,25 @@ def gather_micro_kernel(mr: int, nr: int, width: int):
 
     Per step: one offset load, NR/width vector loads of B, MR scalar broadcasts and
     MR * NR/width multiply-adds on the MR x NR/width accumulators (named vector values)."""
-    nv = nr // width
-    assert nv * width == nr, (mr, nr, width)
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    acc = accumulators(mr, nr, width)
     lines = ["def micro(kc, xs, table, tbase, bases, bbase, bp, c, row0, col0, update):"]
     # Unsigned: a signed index costs a negative-index fix-up per broadcast (the sums
     # wrap modulo 2**64 to the right non-negative index).
     lines += [f"    o{i} = np.uint64(bases[bbase + {i}])" for i in range(mr)]
-    for i in range(mr):
-        lines.append(f"    row = c[row0 + {i}]")
-        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
-        lines.append(f"    prefetch(row, col0 + {nr - 1})")
-    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    lines += prefetch_tile(mr, nr)
+    lines += clear_tile(acc)
     lines.append("    tb = np.uint64(tbase)")
     lines.append("    for k in range(kc):")
     lines.append("        off = np.uint64(table[tb + np.uint64(k)])")
-    lines += [f"        b{v} = vload(bp, k * {nr} + {v * width})" for v in range(nv)]
-    for i in range(mr):
-        lines.append(f"        a = vsplat(xs[o{i} + off])")
-        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
-    lines += _store_lines(acc, mr, nv, width)
+    lines += multiply_add_step(acc, "xs[o{i} + off]", f"k * {nr}", width, " " * 8)
+    lines += store_tile(acc, width)
     return _compile_micro(lines, width, f"gather_micro_{mr}x{nr}")
-
-
-def _store_lines(acc, mr, nv, width):
-    lines = ["    if update:"]
-    for i in range(mr):
-        lines.append(f"        row = c[row0 + {i}]")
-        lines += [f"        vstore(row, col0 + {v * width}, "
-                  f"vadd(vload(row, col0 + {v * width}), {acc[i][v]}))" for v in range(nv)]
-    lines.append("    else:")
-    for i in range(mr):
-        lines.append(f"        row = c[row0 + {i}]")
-        lines += [f"        vstore(row, col0 + {v * width}, {acc[i][v]})" for v in range(nv)]
-    return lines
 
 
 def _compile_micro(lines, width, name):
     from nnjit.kernels.vectors import prefetch
 
-    namespace = dict(vector_ops(width), prefetch=prefetch, np=np)
-    # Compiled under this file's name so Numba's disk cache can locate it.
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    micro = namespace["micro"]
-    micro.__qualname__ = micro.__name__ = name
+    micro = define(lines, __file__, dict(vector_ops(width), prefetch=prefetch, np=np), name)
     # Only contraction, as gemm.micro_kernel: no reassociation of the accumulations.
     return helper(micro, fastmath={"contract"})
 
@@ -373,17 +350,12 @@ def strided_micro_kernel(mr: int, nr: int, width: int):
 
     The MR x NR/width accumulators are named vector values held across both loops; per
     step: NR/width vector loads of B, MR scalar broadcasts and MR * NR/width multiply-adds."""
-    nv = nr // width
-    assert nv * width == nr, (mr, nr, width)
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    acc = accumulators(mr, nr, width)
     lines = ["def micro(rows, cols, rstride, cstride, xs, table, tbase, shift, bp, c, row0, "
              "col0, update):"]
     lines += [f"    o{i} = shift + table[tbase + {i}]" for i in range(mr)]
-    for i in range(mr):
-        lines.append(f"    row = c[row0 + {i}]")
-        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
-        lines.append(f"    prefetch(row, col0 + {nr - 1})")
-    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    lines += prefetch_tile(mr, nr)
+    lines += clear_tile(acc)
     # Unsigned indices: a signed one costs a negative-index fix-up per broadcast.
     lines.append("    rs = np.uint64(rstride)")
     lines.append("    cs = np.uint64(cstride)")
@@ -392,13 +364,10 @@ def strided_micro_kernel(mr: int, nr: int, width: int):
     lines.append("    for r in range(rows):")
     lines.append("        idx = np.uint64(r) * rs")
     lines.append("        for s in range(cols):")
-    lines += [f"            b{v} = vload(bp, t + {v * width})" for v in range(nv)]
-    for i in range(mr):
-        lines.append(f"            a = vsplat(xs[u{i} + idx])")
-        lines += [f"            {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines += multiply_add_step(acc, "xs[u{i} + idx]", "t", width, " " * 12)
     lines.append(f"            t += {nr}")
     lines.append("            idx += cs")
-    lines += _store_lines(acc, mr, nv, width)
+    lines += store_tile(acc, width)
     return _compile_micro(lines, width, f"strided_micro_{mr}x{nr}")
 
 

@@ -33,6 +33,8 @@ from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
+from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step,
+                                   store_tile)
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import reads, writes
 from nnjit.kernels.vectors import F32Vector, vector_ops
@@ -171,10 +173,9 @@ def dot_rows(rows: int, width: int, half: bool, native_f16: bool):
     lines += [f"        s{i} += {scalar.format(w=f't{i}')} * xk" for i in range(rows)]
     lines += [f"    out[r0 + {i}] = s{i}" for i in range(rows)]
     vsum, vload_h, load_h = fc_vector_ops(width, native_f16)
-    namespace = dict(vector_ops(width), vsum=vsum, vload_h=vload_h, load_h=load_h)
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    dots = namespace["dots"]
-    dots.__qualname__ = dots.__name__ = f"dots_{rows}x{width}{'_f16' if half else ''}"
+    dots = define(lines, __file__,
+                  dict(vector_ops(width), vsum=vsum, vload_h=vload_h, load_h=load_h),
+                  f"dots_{rows}x{width}{'_f16' if half else ''}")
     return helper(dots, fastmath={"contract"})
 
 
@@ -261,32 +262,16 @@ def fc_micro_kernel(rows: int, nr: int, width: int):
     for i < rows, j < nr: rows x nr/width accumulators (named vector values, the k loop's
     phis), per k nr/width vector loads of the packed x^T panel and one broadcast of a
     weight per row, read in place from the weight matrix."""
-    nv = nr // width
-    assert nv * width == nr, (rows, nr, width)
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(rows)]
+    acc = accumulators(rows, nr, width)
     lines = ["def micro(kc, w, r0, k0, bp, c, crow0, col0, update):"]
     # Rows sliced to the KC slice: indices from the k loop are then provably >= 0 and
     # carry no negative-index wraparound.
     lines += [f"    w{i} = w[r0 + {i}, k0:k0 + kc]" for i in range(rows)]
-    lines += [f"    {acc[i][v]} = vzero()" for i in range(rows) for v in range(nv)]
-    body = [f"b{v} = vload(bp, k * {nr} + {v * width})" for v in range(nv)]
-    for i in range(rows):
-        body.append(f"a = vsplat(w{i}[k])")
-        body += [f"{acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines += clear_tile(acc)
     lines.append("    for k in range(kc):")
-    lines += [f"        {line}" for line in body]
-    for mode in ("update", "store"):
-        lines.append("    if update:" if mode == "update" else "    else:")
-        for i in range(rows):
-            lines.append(f"        row = c[crow0 + {i}]")
-            for v in range(nv):
-                value = (f"vadd(vload(row, col0 + {v * width}), {acc[i][v]})"
-                         if mode == "update" else acc[i][v])
-                lines.append(f"        vstore(row, col0 + {v * width}, {value})")
-    namespace = dict(vector_ops(width))
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    micro = namespace["micro"]
-    micro.__qualname__ = micro.__name__ = f"fc_micro_{rows}x{nr}"
+    lines += multiply_add_step(acc, "w{i}[k]", f"k * {nr}", width, " " * 8)
+    lines += store_tile(acc, width, row="c[crow0 + {i}]")
+    micro = define(lines, __file__, dict(vector_ops(width)), f"fc_micro_{rows}x{nr}")
     return helper(micro, fastmath={"contract"})
 
 
@@ -298,10 +283,9 @@ def fc_micro_any(mr: int, nr: int, width: int):
         keyword = "if" if rows == mr else "elif"
         lines.append(f"    {keyword} rows == {rows}:")
         lines.append(f"        m{rows}(kc, w, r0, k0, bp, c, crow0, col0, update)")
-    namespace = {f"m{r}": fc_micro_kernel(r, nr, width) for r in range(1, mr + 1)}
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    micro_any = namespace["micro_any"]
-    micro_any.__qualname__ = micro_any.__name__ = f"fc_micro_upto_{mr}x{nr}"
+    micro_any = define(lines, __file__,
+                       {f"m{r}": fc_micro_kernel(r, nr, width) for r in range(1, mr + 1)},
+                       f"fc_micro_upto_{mr}x{nr}")
     return helper(micro_any)
 
 

@@ -33,6 +33,8 @@ from numba import prange
 from numba.core import types
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
+from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step,
+                                   prefetch_tile, store_tile)
 from nnjit.kernels.vectors import prefetch, vector_ops
 
 # Tile shape per (float32 lanes, FMA): (MR rows, NR columns as a count of vectors). Measured
@@ -100,37 +102,17 @@ def micro_kernel(mr: int, nr: int, width: int):
     The MR x NR/width accumulators are named vector values, the k loop's phis: they live
     in registers, and the loop body is NR/width vector loads of B, MR broadcasts of A and
     MR * NR/width fused multiply-adds."""
-    nv = nr // width
-    assert nv * width == nr, (mr, nr, width)
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(mr)]
+    acc = accumulators(mr, nr, width)
     lines = ["def micro(kc, ap, bp, c, row0, col0, update):"]
     # The C tile is read (update) or written only after the k loop: prefetching its lines
     # now hides the cache misses behind the k loop.
-    for i in range(mr):
-        lines.append(f"    row = c[row0 + {i}]")
-        lines += [f"    prefetch(row, col0 + {j})" for j in range(0, nr, 16)]
-        lines.append(f"    prefetch(row, col0 + {nr - 1})")
-    lines += [f"    {acc[i][v]} = vzero()" for i in range(mr) for v in range(nv)]
+    lines += prefetch_tile(mr, nr)
+    lines += clear_tile(acc)
     lines.append("    for k in range(kc):")
-    lines += [f"        b{v} = vload(bp, k * {nr} + {v * width})" for v in range(nv)]
-    for i in range(mr):
-        lines.append(f"        a = vsplat(ap[k * {mr} + {i}])")
-        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
-    lines.append("    if update:")
-    for i in range(mr):
-        lines.append(f"        row = c[row0 + {i}]")
-        lines += [f"        vstore(row, col0 + {v * width}, "
-                  f"vadd(vload(row, col0 + {v * width}), {acc[i][v]}))"
-                  for v in range(nv)]
-    lines.append("    else:")
-    for i in range(mr):
-        lines.append(f"        row = c[row0 + {i}]")
-        lines += [f"        vstore(row, col0 + {v * width}, {acc[i][v]})" for v in range(nv)]
-    namespace = dict(vector_ops(width), prefetch=prefetch)
-    # Compiled under this file's name so Numba's disk cache can locate it.
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), namespace)
-    micro = namespace["micro"]
-    micro.__qualname__ = micro.__name__ = f"micro_{mr}x{nr}"
+    lines += multiply_add_step(acc, f"ap[k * {mr} + {{i}}]", f"k * {nr}", width, " " * 8)
+    lines += store_tile(acc, width)
+    micro = define(lines, __file__, dict(vector_ops(width), prefetch=prefetch),
+                   f"micro_{mr}x{nr}")
     # Only contraction: with reassociation the loop vectoriser may vectorise the k loop
     # itself (every accumulator a reduction over k, the panels read by gathers).
     return helper(micro, fastmath={"contract"})
