@@ -13,7 +13,8 @@ import nnjit
 from nnjit import errors
 from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
-from nnjit.kernels.fully_connected import ROWS, output_tiles
+from nnjit.kernels.fully_connected import ROWS, TASKS, _task_grid, output_tiles
+from nnjit.kernels.gemm import blocking
 
 TOLERANCE = 1e-5
 ITERATIONS = 3
@@ -71,6 +72,23 @@ def test_output_channel_subblocks_and_remainders(level, rng):
         _smoke(rng, nr, 19, m)
     _smoke(rng, nr, 19, 1200)                                      # many output channels
     _smoke(rng, nr + 3, 300, 1201, bias=True)      # several tasks, ragged last MR group
+
+
+def test_large_batch_split_into_batch_groups(level, rng):
+    """A batch much larger than the channel count: tasks split the batch (each streams w,
+    not all of x^T), the last group ragged."""
+    mr, nr = _tiles(level)
+    m, n = 2 * mr + 1, 40 * nr + 3
+    _, blocks, groups, _ = _task_grid(m, -(-n // nr), mr, nr, 64, blocking(mr, nr)[1])
+    assert groups > 1 and blocks * groups <= 2 * TASKS
+    _smoke(rng, n, 29, m, bias=True)
+
+
+def test_task_grid_moves_the_fewest_floats():
+    # fc6 at batch 64: the weights dominate, so channel blocks only; a batch of 3136
+    # against 256 channels: batch groups only.
+    assert _task_grid(4096, 2, 6, 32, 214, 1182)[1:3] == (16, 1)
+    assert _task_grid(256, 98, 6, 32, 214, 1182)[1:3] == (1, 16)
 
 
 def test_algorithm_choice(level, rng):

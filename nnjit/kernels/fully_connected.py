@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 
 from llvmlite import ir
-from numba import prange
+from numba import njit, prange
 from numba.core import cgutils, types
 from numba.core.extending import intrinsic
 
@@ -236,23 +236,39 @@ def output_tiles(level) -> tuple[int, int, int]:
     return mr, nr, kc
 
 
-def output_block(level, out_channels: int) -> int:
-    """Output channels per task: about TASKS tasks, whole MR groups, at most the L2 budget's
-    rows (KC-deep weight rows reread from L2 for each batch panel)."""
-    mr, nr = tile_shape(level)
-    kc, mc, _ = blocking(mr, nr)
-    per_task = -(-out_channels // TASKS)
-    return max(mr, min(mc, -(-per_task // mr) * mr))
+def _task_grid(m, n_panels, mr, nr, kc, mc):
+    """(channels per block OB, channel blocks, batch groups, batch panels per L2 group) of
+    the FC GEMM: about TASKS tasks, a grid of (OB-channel block) x (run of batch panels).
+    Each channel block streams all of x^T's panels and each batch group all of w, so the
+    split is the one (of the power-of-two batch splits) that moves the fewest floats:
+    blocks * N + groups * M per input channel (fc6 at batch 64: channel blocks only; a
+    batch of 3136 against 256 channels: batch groups only). OB is whole MR groups, at most
+    the L2 budget's rows; each task's (OB x group) tile stays in L2 beside w's KC slice."""
+    best_moved = -1
+    ob = blocks = groups = 1
+    g = 1
+    while g <= min(TASKS, max(n_panels, 1)):
+        per_block = -(-m // -(-TASKS // g))
+        b_ob = max(mr, min(mc, -(-per_block // mr) * mr))
+        b_blocks = -(-m // b_ob)
+        moved = b_blocks * n_panels * nr + g * m
+        if best_moved < 0 or moved < best_moved:
+            best_moved, ob, blocks, groups = moved, b_ob, b_blocks, g
+        g *= 2
+    return ob, blocks, groups, max(1, (mc - ob) * kc // (ob * nr))
+
+
+_task_grid_jit = njit(inline="always")(_task_grid)
 
 
 def gemm_workspace_floats(level, batch: int, in_channels: int, out_channels: int) -> int:
     """Floats of workspace fully_connected_output/gemm uses: the packed x^T panels and each
-    task's (channels x batch) accumulator block."""
-    mr, nr, _ = output_tiles(level)
-    padded = -(-batch // nr) * nr
-    ob = output_block(level, out_channels)
-    tasks = -(-out_channels // ob)
-    return padded * in_channels + tasks * ob * padded
+    task's (channels x batch group) accumulator tile."""
+    mr, nr, kc = output_tiles(level)
+    mc = blocking(mr, nr)[1]
+    n_panels = -(-batch // nr)
+    ob, blocks, groups, gq = _task_grid(out_channels, n_panels, mr, nr, kc, mc)
+    return n_panels * nr * in_channels + blocks * groups * ob * gq * nr
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,55 +320,62 @@ def fc_output_gemm(level):
         N = x.shape[0]
         K = x.shape[1]
         M = w.shape[0]
-        # output_block(): about TASKS tasks of whole MR groups, at most MC channels.
-        OB = max(MR, min(MC, ((M + TASKS - 1) // TASKS + MR - 1) // MR * MR))
         n_panels = (N + NR - 1) // NR
         padded = n_panels * NR
-        tasks = (M + OB - 1) // OB
+        OB, blocks, groups, GQ = _task_grid_jit(M, n_panels, MR, NR, KC, MC)
+        tasks = blocks * groups
         bpack = workspace[:padded * K]
-        scratch_all = workspace[padded * K:padded * K + tasks * OB * padded]
+        tile = OB * GQ * NR
         # 1. x^T in NR-wide batch panels, zero-padded: panel q holds x[q*NR + j, k] at
-        # q*K*NR + k*NR + j, so a KC slice of a panel is contiguous.
+        # q*K*NR + k*NR + j, so a KC slice of a panel is contiguous. (Rows of the panel
+        # written whole: stores along a row, loads strided within L1-resident rows of x.)
         for q in prange(n_panels):
             dst = bpack[q * K * NR:(q + 1) * K * NR]
             rows = min(NR, N - q * NR)
-            for k0 in range(0, K, 16):
-                k1 = min(K, k0 + 16)
+            xb = x[q * NR:q * NR + rows]
+            for k in range(K):
+                d = dst[k * NR:(k + 1) * NR]
                 for j in range(rows):
-                    src = x[q * NR + j]
-                    for k in range(k0, k1):
-                        dst[k * NR + j] = src[k]
+                    d[j] = xb[j, k]
                 for j in range(rows, NR):
-                    for k in range(k0, k1):
-                        dst[k * NR + j] = 0
-        # 2. per block of output channels: accumulate its (channels x batch) tile over the
-        # KC slices (each KC-deep x^T micro-panel stays in L1 while the block's weight
-        # rows stream past it), then write it transposed, with the bias.
+                    d[j] = 0
+        # 2. per task, (block of output channels) x (run of batch panels), in groups of
+        # panels: accumulate the group's (channels x batch) tile over the KC slices (each
+        # KC-deep x^T micro-panel stays in L1 while the block's weight rows stream past
+        # it), then write it transposed, with the bias, while it is in L2.
         for t in prange(tasks):
-            o0 = t * OB
+            cb = t % blocks
+            bg = t // blocks
+            o0 = cb * OB
             ob = min(OB, M - o0)
-            flat = scratch_all[t * OB * padded:(t + 1) * OB * padded]
-            c = flat.reshape((OB, padded))
-            for k0 in range(0, K, KC):
-                kc = min(KC, K - k0)
-                update = k0 > 0
-                for q in range(n_panels):
-                    bp = bpack[q * K * NR + k0 * NR:q * K * NR + (k0 + kc) * NR]
-                    for g in range(0, ob, MR):
-                        rows = min(MR, ob - g)
-                        if rows == MR:
-                            _micro(kc, w, o0 + g, k0, bp, c, g, q * NR, update)
-                        else:
-                            _micro_any(rows, kc, w, o0 + g, k0, bp, c, g, q * NR, update)
-            for n in range(N):
-                dst = out[n, o0:o0 + ob]
-                if has_bias:
-                    b = bias[o0:o0 + ob]
-                    for o in range(ob):
-                        dst[o] = c[o, n] + b[o]
-                else:
-                    for o in range(ob):
-                        dst[o] = c[o, n]
+            q_lo = bg * n_panels // groups
+            q_hi = (bg + 1) * n_panels // groups
+            c = workspace[padded * K + t * tile:padded * K + (t + 1) * tile].reshape(
+                (OB, GQ * NR))
+            for q0 in range(q_lo, q_hi, GQ):
+                q1 = min(q_hi, q0 + GQ)
+                for k0 in range(0, K, KC):
+                    kc = min(KC, K - k0)
+                    update = k0 > 0
+                    for q in range(q0, q1):
+                        bp = bpack[q * K * NR + k0 * NR:q * K * NR + (k0 + kc) * NR]
+                        col = (q - q0) * NR
+                        for g in range(0, ob, MR):
+                            rows = min(MR, ob - g)
+                            if rows == MR:
+                                _micro(kc, w, o0 + g, k0, bp, c, g, col, update)
+                            else:
+                                _micro_any(rows, kc, w, o0 + g, k0, bp, c, g, col, update)
+                for n in range(q0 * NR, min(N, q1 * NR)):
+                    dst = out[n, o0:o0 + ob]
+                    j = n - q0 * NR
+                    if has_bias:
+                        b = bias[o0:o0 + ob]
+                        for o in range(ob):
+                            dst[o] = c[o, j] + b[o]
+                    else:
+                        for o in range(ob):
+                            dst[o] = c[o, j]
 
     width = level.vector_floats
     return with_globals(fc, _micro=fc_micro_kernel(MR, NR, width),
