@@ -34,10 +34,10 @@ from numba.core.extending import intrinsic
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step,
-                                   store_tile)
+                                   prefetch_tile, store_tile)
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import reads, writes
-from nnjit.kernels.vectors import F32Vector, vector_ops
+from nnjit.kernels.vectors import F32Vector, prefetch, vector_ops
 
 # Output channels per GEMV block (NNPACK's sdotxf8 fuses 8 dot products).
 ROWS = 8
@@ -283,11 +283,13 @@ def fc_micro_kernel(rows: int, nr: int, width: int):
     # Rows sliced to the KC slice: indices from the k loop are then provably >= 0 and
     # carry no negative-index wraparound.
     lines += [f"    w{i} = w[r0 + {i}, k0:k0 + kc]" for i in range(rows)]
+    lines += prefetch_tile(rows, nr, row="c[crow0 + {i}]")
     lines += clear_tile(acc)
     lines.append("    for k in range(kc):")
     lines += multiply_add_step(acc, "w{i}[k]", f"k * {nr}", width, " " * 8)
     lines += store_tile(acc, width, row="c[crow0 + {i}]")
-    micro = define(lines, __file__, dict(vector_ops(width)), f"fc_micro_{rows}x{nr}")
+    micro = define(lines, __file__, dict(vector_ops(width), prefetch=prefetch),
+                   f"fc_micro_{rows}x{nr}")
     return helper(micro, fastmath={"contract"})
 
 
