@@ -164,6 +164,17 @@ def test_edge_tiles(level, rng):
     check(rng, INF, 1, 90, mr + 3, 9, 3, 1)        # R = 810 > KC
 
 
+def test_panels_running_across_images(level, rng):
+    """Batches whose images are not a whole number of NR-pixel panels: panels run on from
+    one image into the next (into several when an image is smaller than a panel), their
+    tiles written image by image, with a reduction longer than one KC slice."""
+    mr, nr = tile_shape(level_named(level))
+    for batch, size in ((3, (3, nr // 3 + 1)), (5, 2), (2, (5, nr // 5 + 2))):
+        check(rng, OUT, batch, 2, mr + 1, size, 3, 1)
+    check(rng, OUT, 3, 90, mr, (3, nr // 3 + 1), 3, 1)     # R = 810 > KC
+    check(rng, OUT, 4, 3, mr + 2, 7, 1, 0, 2)              # 1x1 stride 2: 16 pixels
+
+
 # ------------------------------------------------------------------- direct (1x1)
 
 def direct_cases(level):
