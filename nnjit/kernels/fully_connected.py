@@ -35,7 +35,7 @@ from numba.core.extending import intrinsic
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step,
                                    prefetch_tile, store_tile)
-from nnjit.kernels.gemm import blocking, tile_shape
+from nnjit.kernels.gemm import blocking, tile_shape, transposed_packer
 from nnjit.kernels.signatures import reads, writes
 from nnjit.kernels.vectors import F32Vector, prefetch, vector_ops
 
@@ -329,18 +329,9 @@ def fc_output_gemm(level):
         bpack = workspace[:padded * K]
         tile = OB * GQ * NR
         # 1. x^T in NR-wide batch panels, zero-padded: panel q holds x[q*NR + j, k] at
-        # q*K*NR + k*NR + j, so a KC slice of a panel is contiguous. (Rows of the panel
-        # written whole: stores along a row, loads strided within L1-resident rows of x.)
+        # q*K*NR + k*NR + j, so a KC slice of a panel is contiguous.
         for q in prange(n_panels):
-            dst = bpack[q * K * NR:(q + 1) * K * NR]
-            rows = min(NR, N - q * NR)
-            xb = x[q * NR:q * NR + rows]
-            for k in range(K):
-                d = dst[k * NR:(k + 1) * NR]
-                for j in range(rows):
-                    d[j] = xb[j, k]
-                for j in range(rows, NR):
-                    d[j] = 0
+            _pack_xt(x[q * NR:min(N, (q + 1) * NR)], bpack[q * K * NR:(q + 1) * K * NR])
         # 2. per task, (block of output channels) x (run of batch panels), in groups of
         # panels: accumulate the group's (channels x batch) tile over the KC slices (each
         # KC-deep x^T micro-panel stays in L1 while the block's weight rows stream past
@@ -380,5 +371,6 @@ def fc_output_gemm(level):
                             dst[o] = c[o, j]
 
     width = level.vector_floats
-    return with_globals(fc, _micro=fc_micro_kernel(MR, NR, width),
-                         _micro_any=fc_micro_any(MR, NR, width))
+    return with_globals(fc, _pack_xt=transposed_packer(NR),
+                        _micro=fc_micro_kernel(MR, NR, width),
+                        _micro_any=fc_micro_any(MR, NR, width))

@@ -132,6 +132,29 @@ SIGNATURES = (
 )
 
 
+@functools.lru_cache(maxsize=None)
+def transposed_packer(width: int):
+    """pack(src, dst): dst[k * width + j] = src[j, k] for a (rows x depth) view src, zero for
+    rows <= j < width: a micro-panel whose rows are src's columns (a whole panel's loop
+    has a constant trip count, which LLVM unrolls)."""
+
+    def pack(src, dst):
+        rows = src.shape[0]
+        for k in range(src.shape[1]):
+            d = dst[k * width:(k + 1) * width]
+            if rows == width:
+                for j in range(width):
+                    d[j] = src[j, k]
+            else:
+                for j in range(rows):
+                    d[j] = src[j, k]
+                for j in range(rows, width):
+                    d[j] = 0
+
+    pack.__qualname__ = pack.__name__ = f"pack_transposed_{width}"
+    return helper(with_globals(pack, width=width))
+
+
 def workspace_floats(level, m: int, n: int, k: int) -> int:
     """Floats of workspace the packed GEMM needs for an [m, k] x [k, n] product at a level
     (a smaller workspace is allowed: the kernel then allocates its own, which costs page
@@ -188,31 +211,13 @@ def gemm_packed(level):
                 for p in prange(m_panels):
                     dst = apack[p * MR * kc:(p + 1) * MR * kc]
                     rows = min(MR, M - p * MR)
-                    src = a[p * MR:p * MR + rows, pc:pc + kc]
-                    if rows == MR:
-                        for k in range(kc):
-                            d = dst[k * MR:(k + 1) * MR]
-                            for i in range(MR):
-                                d[i] = src[i, k]
-                    else:
-                        for k in range(kc):
-                            d = dst[k * MR:(k + 1) * MR]
-                            for i in range(rows):
-                                d[i] = src[i, k]
-                            for i in range(rows, MR):
-                                d[i] = 0
+                    _pack_a(a[p * MR:p * MR + rows, pc:pc + kc], dst)
                 for q in prange(n_panels):
                     dst = bpack[q * NR * kc:(q + 1) * NR * kc]
                     col0 = jc + q * NR
                     cols = min(NR, N - col0)
                     if trans_b:
-                        src = b[col0:col0 + cols, pc:pc + kc]
-                        for k in range(kc):
-                            d = dst[k * NR:(k + 1) * NR]
-                            for j in range(cols):
-                                d[j] = src[j, k]
-                            for j in range(cols, NR):
-                                d[j] = 0
+                        _pack_b(b[col0:col0 + cols, pc:pc + kc], dst)
                     else:
                         for k in range(kc):
                             src = b[pc + k, col0:col0 + cols]
@@ -254,7 +259,8 @@ def gemm_packed(level):
                                         for j in range(cols):
                                             tile[i, j] = scratch[i, j]
 
-    return with_globals(gemm, _micro_kernel=micro_kernel(MR, NR, level.vector_floats))
+    return with_globals(gemm, _micro_kernel=micro_kernel(MR, NR, level.vector_floats),
+                        _pack_a=transposed_packer(MR), _pack_b=transposed_packer(NR))
 
 
 
