@@ -16,6 +16,7 @@ from conftest import max_relative_error, uniform
 import nnjit
 from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
+from nnjit.kernels.conv_forward import panel_widths, tail_panels
 from nnjit.kernels.gemm import tile_shape
 
 TOLERANCE = 1e-5
@@ -173,6 +174,40 @@ def test_panels_running_across_images(level, rng):
         check(rng, OUT, batch, 2, mr + 1, size, 3, 1)
     check(rng, OUT, 3, 90, mr, (3, nr // 3 + 1), 3, 1)     # R = 810 > KC
     check(rng, OUT, 4, 3, mr + 2, 7, 1, 0, 2)              # 1x1 stride 2: 16 pixels
+
+
+def test_image_tail_panels(level, rng):
+    """Images whose last P % NR pixels go to one or two narrower panels (one vector, half a
+    vector): every pattern of the level's table, through both packers, one image and a
+    batch."""
+    lv = level_named(level)
+    mr, nr = tile_shape(lv)
+    table = tail_panels(panel_widths(lv), lv.vector_floats)
+    first = {}
+    for r, tails in enumerate(table):
+        first.setdefault(tails, r)
+    assert len(first) >= 2
+    for r in first.values():
+        size = (1, nr + r)
+        check(rng, INF, 1, 3, mr + 1, size, 1, algorithm="direct")
+        check(rng, INF, 1, 3, mr + 1, size, 3, padding=1)
+        check(rng, OUT, 2, 3, mr + 1, size, 1, algorithm="direct")
+
+
+def test_channels_split_between_threads(best, rng):
+    """More output channels than pixels: threads split W's rows and each packs every pixel
+    panel; W's rows go in blocks when its KC slice would fill L2 (1300 rows). Every thread
+    count, 1x1 direct and 3x3 through im2col."""
+    import numba
+
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            check(rng, INF, 1, 40, 1300, 5, 1, algorithm="direct")
+            check(rng, INF, 1, 20, 700, (3, 4), 3, padding=1)
+    finally:
+        nnjit.set_num_threads(before)
 
 
 # ------------------------------------------------------------------- direct (1x1)

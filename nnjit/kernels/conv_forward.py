@@ -15,13 +15,16 @@ and NNPACK's cache budgets, reference/nnpack.md 5.3):
 
 W (the A matrix) is never packed: the micro-kernel (the fully-connected one) broadcasts its
 weights straight from MR rows of W (K x R, rows contiguous); only the B panels are packed.
-Work is split into one task per thread: equal runs of the (NR-pixel panel, over the whole
-batch) x (MR-channel panel) grid, so batch 1 splits over pixels and channels alike and a B
-panel is packed by two tasks at most; per KC slice each B micro-panel is packed into the
-task's own buffer (it stays in L1) while W's rows (in L2) stream past it. A task walks its
-pixel panels in groups whose output tiles fit in L2 beside W's KC slice, and for each group
-runs every slice: the first overwrites the output, later ones add, and on the last bias (and
-ReLU) are applied to the MR x NR tile while it is in L1. Through im2col a batch's pixels are
+An image's pixels go in NR-wide panels, then one or two narrower ones (a vector, half a
+vector) for the last P % NR: 49 = 32 + 16 + 8 lanes, not 64. Work is split into one task
+per thread: equal runs of the (pixel panel) x (MR-channel panel) grid, walked pixel panel
+by pixel panel, or channel panel by channel panel where W has more rows than the batch
+has pixels (each thread then reads its share of W once). Per KC slice each B micro-panel
+is packed into the task's own buffer (it stays in L1) while W's rows (in L2) stream past
+it. A task walks its pixel panels in groups whose output tiles fit in L2 beside a block
+of W's rows (its KC slice at most half of L2), and for each group and block runs every
+slice: the first overwrites the output, later ones add, and on the last bias (and ReLU)
+are applied to the MR x NR tile while it is in L1. Through im2col a batch's pixels are
 one sequence of panels, a panel running on from one image into the next where an image is
 not a whole number of panels; such a panel's tiles go out image by image.
 """
@@ -224,13 +227,53 @@ def row_packer(nr: int, width: int):
     return helper(copy)
 
 
+def panel_widths(level) -> tuple[int, ...]:
+    """Widths of the B panels, widest first: NR (the tile), one vector, and half a vector
+    (an image's last few pixels; on Zen 4 a half-width FMA runs at twice the rate, so a
+    narrow panel costs in proportion to its lanes)."""
+    nr = tile_shape(level)[1]
+    width = level.vector_floats
+    return tuple(dict.fromkeys(w for w in (nr, width, width // 2 if width >= 8 else width)
+                               if w <= nr))
+
+
+@functools.lru_cache(maxsize=None)
+def tail_panels(widths: tuple[int, ...], vector: int) -> tuple[tuple[int, int], ...]:
+    """For each r < NR: the (one or two) panels covering an image's last r = P % NR pixels,
+    as (first width, second width or 0), the cheapest in lanes (half-vector panels, with
+    fewer accumulators than the FMA latency needs, counted 4/3 a lane). 196 = 6 x 32 + 4:
+    a half-vector panel (4 of 8 lanes used, not 4 of 16); 49 = 32 + 17: 16 + 8 (17 of 24
+    lanes, not 17 of 32)."""
+    def cost(w):
+        return w * (4 / 3 if w < vector else 1) if w else 0
+    table = [(0, 0)]
+    for r in range(1, widths[0]):
+        options = [(a, 0) for a in widths if a >= r]
+        options += [(a, b) for a in widths for b in widths if a < r <= a + b and b <= a]
+        table.append(min(options, key=lambda ab: (cost(ab[0]) + cost(ab[1]), -ab[0])))
+    return tuple(table)
+
+
+def _by_width(name: str, params: str, functions: list) -> object:
+    """An inlined dispatcher name(which, params...): calls functions[which](params...)."""
+    lines = [f"def {name}(which, {params}):"]
+    for i in range(len(functions)):
+        lines.append(f"    {'if' if i == 0 else 'elif'} which == {i}:")
+        lines.append(f"        f{i}({params})")
+    from numba import njit
+    return njit(inline="always")(define(lines, __file__,
+                                        {f"f{i}": f for i, f in enumerate(functions)}))
+
+
 def _build(level, pointwise: bool):
     MR, NR = tile_shape(level)
     KC, MC, _ = blocking(MR, NR)
     L2_FLOATS = MC * KC     # NNPACK's L2 budget, floats
     BP = panel_floats(level)
     POINTWISE = pointwise
-    NR1 = level.vector_floats    # the narrow last panel: one vector of pixels
+    WIDTHS = panel_widths(level)
+    TAILS = tail_panels(WIDTHS, level.vector_floats)
+    NW = len(WIDTHS)
 
     def conv(x, w, bias, out, sh, sw, pt, pl, relu, workspace):
         N = x.shape[0]
@@ -250,12 +293,14 @@ def _build(level, pointwise: bool):
         # cost 30-40% of the time of small-image layers (7x7 and 14x14, measured).
         wf = w.reshape((K, R))
         # One task per thread (their count: how many B micro-panel buffers the workspace
-        # holds).
-        # The work is a grid of cells, (NR-pixel panel of an image) x (MR-channel panel),
-        # walked pixel panel by pixel panel; each task takes an equal run of cells, so
-        # tasks are balanced to a cell and a pixel panel is packed by two tasks at most.
+        # holds). The work is a grid of cells, (pixel panel) x (MR-channel panel); each
+        # task takes an equal run of cells (in one of two orders, below), so tasks are
+        # balanced to a cell.
         threads = max(1, workspace.shape[0] // BP)
-        n_panels = (P + NR - 1) // NR
+        # An image's panels: whole NR-wide ones, then one or two narrower ones for the rest.
+        full_panels = P // NR
+        tail0, tail1 = TAILS[P - full_panels * NR]
+        n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
         # Packed through im2col, a batch's pixels are one sequence of panels that may run
@@ -264,7 +309,10 @@ def _build(level, pointwise: bool):
         across = general and N > 1 and P % NR != 0
         units = (N * P + NR - 1) // NR if across else N * n_panels
         cells = units * m_panels
-        GU = max(1, (L2_FLOATS - K * KC) // (K * NR))
+        # Cells are walked pixel panel by pixel panel, or, where W has more rows than the
+        # batch has pixels, channel panel by channel panel (threads then split W, each
+        # reading its share once, and pack every pixel panel: mobilenet.pw14 at 2 threads).
+        rows_split = K > N * P
         for task in prange(threads):
             c_lo = cells * task // threads
             c_hi = cells * (task + 1) // threads
@@ -277,123 +325,139 @@ def _build(level, pointwise: bool):
             oall = out.reshape((N * K, P))
             scratch = np.empty((MR, NR), np.float32)
             seg = np.empty((NR + 2, 5), np.int64)
-            u_lo = c_lo // m_panels
-            u_hi = (c_hi - 1) // m_panels + 1
-            # Pixel panels in groups whose output tiles stay in L2 across the KC slices
-            # (slice-outer over all of a batch's panels streamed the output through memory
-            # once per slice).
+            if rows_split:
+                u_lo, u_hi = 0, units
+                t_lo, t_hi = c_lo // units, (c_hi - 1) // units + 1
+            else:
+                u_lo, u_hi = c_lo // m_panels, (c_hi - 1) // m_panels + 1
+                t_lo, t_hi = 0, m_panels
+            # The task's W rows in blocks whose KC slice fills at most half of L2, the rest
+            # for the output tiles of a group of GU pixel panels: a block's slice is read from
+            # memory once per group (1024 x 214 floats is L2 whole: mobilenet.pw14 re-read W
+            # for every pixel panel), and the group's tiles stay in L2 across the KC slices.
+            row_blocks = max(1, (2 * (t_hi - t_lo) * MR * KC + L2_FLOATS - 1) // L2_FLOATS)
+            MBP = (t_hi - t_lo + row_blocks - 1) // row_blocks
+            GU = max(1, (L2_FLOATS - MBP * MR * KC) // (MBP * MR * NR))
             for ub in range(u_lo, u_hi, GU):
                 ue = min(u_hi, ub + GU)
-                for pc in range(0, R, KC):
-                    kc = min(KC, R - pc)
-                    update = pc > 0
-                    last = pc + kc >= R
-                    for u in range(ub, ue):
-                        p_lo = max(0, c_lo - u * m_panels)
-                        p_hi = min(m_panels, c_hi - u * m_panels)
-                        if across:
-                            n = u * NR // P
-                            col0 = u * NR - n * P
-                            cols = min(NR, N * P - u * NR)
-                        else:
-                            n = u // n_panels
-                            col0 = (u - n * n_panels) * NR
-                            cols = min(NR, P - col0)
-                        split = min(cols, P - col0)     # the panel's pixels in image n
-                        x0 = n * C * H * W
-                        o0 = n * K        # image n's first row of oall
-                        # A last panel of at most one vector of pixels (196 = 6 x 32 + 4)
-                        # is packed and multiplied one vector wide: half the wasted lanes.
-                        narrow = cols <= NR1
-                        if general:
-                            # runs of pixels along output rows
-                            nseg = 0
-                            p0 = col0
-                            while p0 < col0 + cols:
-                                later = p0 // P         # images past n
-                                oy = (p0 - later * P) // OW
-                                ox = p0 - later * P - oy * OW
-                                ln = min(OW - ox, col0 + cols - p0)
-                                seg[nseg, 0] = oy
-                                seg[nseg, 1] = ox
-                                seg[nseg, 2] = ln
-                                seg[nseg, 3] = p0 - col0
-                                seg[nseg, 4] = later * C * H * W
-                                nseg += 1
-                                p0 += ln
-                            if narrow:
-                                _pack1(xall, x0, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl,
-                                       seg, nseg, cols)
+                for mb in range(t_lo, t_hi, MBP):
+                    for pc in range(0, R, KC):
+                        kc = min(KC, R - pc)
+                        update = pc > 0
+                        last = pc + kc >= R
+                        for u in range(ub, ue):
+                            if rows_split:      # cell p * units + u
+                                p_lo = max(mb, (c_lo - u + units - 1) // units)
+                                p_hi = min(mb + MBP, (c_hi - u + units - 1) // units)
+                            else:               # cell u * m_panels + p
+                                p_lo = max(mb, c_lo - u * m_panels)
+                                p_hi = min(mb + MBP, m_panels, c_hi - u * m_panels)
+                            if p_lo >= p_hi:
+                                continue
+                            if across:
+                                n = u * NR // P
+                                col0 = u * NR - n * P
+                                cols = min(NR, N * P - u * NR)
+                                pw = NR
+                                for which in range(NW):     # the batch's last panel: narrower
+                                    if cols <= WIDTHS[which]:
+                                        pw = WIDTHS[which]
                             else:
-                                _pack(xall, x0, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl,
+                                n = u // n_panels
+                                q = u - n * n_panels
+                                col0 = min(q, full_panels) * NR + (tail0 if q > full_panels else 0)
+                                pw = NR if q < full_panels else (tail0 if q == full_panels else tail1)
+                                cols = min(pw, P - col0)
+                            which = 0
+                            for i in range(NW):
+                                if WIDTHS[i] == pw:
+                                    which = i
+                            split = min(cols, P - col0)     # the panel's pixels in image n
+                            x0 = n * C * H * W
+                            o0 = n * K        # image n's first row of oall
+                            if general:
+                                # runs of pixels along output rows
+                                nseg = 0
+                                p0 = col0
+                                while p0 < col0 + cols:
+                                    later = p0 // P         # images past n
+                                    oy = (p0 - later * P) // OW
+                                    ox = p0 - later * P - oy * OW
+                                    ln = min(OW - ox, col0 + cols - p0)
+                                    seg[nseg, 0] = oy
+                                    seg[nseg, 1] = ox
+                                    seg[nseg, 2] = ln
+                                    seg[nseg, 3] = p0 - col0
+                                    seg[nseg, 4] = later * C * H * W
+                                    nseg += 1
+                                    p0 += ln
+                                _pack(which, xall, x0, bp, kc, pc, C, H, W, KH, KW, sh, sw, pt, pl,
                                       seg, nseg, cols)
-                        elif narrow:
-                            _pack_rows1(xall, x0, bp, kc, pc, P, col0, cols)
-                        else:
-                            _pack_rows(xall, x0, bp, kc, pc, P, col0, cols)
-                        whole = cols == (NR1 if narrow else NR) and split == cols
-                        for p in range(p_lo, p_hi):
-                            row0 = p * MR
-                            rows = min(MR, K - row0)
-                            # whole tiles straight into out, others through scratch
-                            c = oall if whole else scratch
-                            r0 = o0 + row0 if whole else 0
-                            c0 = col0 if whole else 0
-                            add = update and whole
-                            if rows == MR and narrow:
-                                _micro1(kc, wf, row0, pc, bp, c, r0, c0, add)
-                            elif rows == MR:
-                                _micro(kc, wf, row0, pc, bp, c, r0, c0, add)
-                            elif narrow:
-                                _micro1_any(rows, kc, wf, row0, pc, bp, c, r0, c0, add)
                             else:
-                                _micro_any(rows, kc, wf, row0, pc, bp, c, r0, c0, add)
-                            if whole and rows == MR:
-                                if last and narrow:
-                                    _finish1(oall, r0, col0, bias, row0, relu)
-                                elif last:
-                                    _finish(oall, r0, col0, bias, row0, relu)
-                            elif last or not whole:
-                                # scratch into out (adding what earlier slices left), and
-                                # the bias after the last slice
-                                # image by image where the panel runs on past image n
-                                for i in range(rows):
-                                    s = c[r0 + i, c0:c0 + cols]
-                                    b = bias[row0 + i]
-                                    j0 = 0
-                                    pos = col0
-                                    img = o0 + row0 + i
-                                    while j0 < cols:
-                                        if pos >= P:
-                                            pos -= P
-                                            img += K
-                                            continue
-                                        ln = min(cols - j0, P - pos)
-                                        dst = oall[img, pos:pos + ln]
-                                        part = s[j0:j0 + ln]
-                                        for j in range(ln):
-                                            v = part[j]
-                                            if update and not whole:
-                                                v += dst[j]
-                                            if last:
-                                                v += b
-                                                if relu and v < 0:
-                                                    v = 0
-                                            dst[j] = v
-                                        j0 += ln
-                                        pos += ln
+                                _pack_rows(which, xall, x0, bp, kc, pc, P, col0, cols)
+                            whole = cols == pw and split == cols
+                            for p in range(p_lo, p_hi):
+                                row0 = p * MR
+                                rows = min(MR, K - row0)
+                                # whole tiles straight into out, others through scratch
+                                c = oall if whole else scratch
+                                r0 = o0 + row0 if whole else 0
+                                c0 = col0 if whole else 0
+                                add = update and whole
+                                if rows == MR:
+                                    _micro(which, kc, wf, row0, pc, bp, c, r0, c0, add)
+                                else:
+                                    _micro_any(which, rows, kc, wf, row0, pc, bp, c, r0, c0, add)
+                                if whole and rows == MR:
+                                    if last:
+                                        _finish(which, oall, r0, col0, bias, row0, relu)
+                                elif last or not whole:
+                                    # scratch into out (adding what earlier slices left), and
+                                    # the bias after the last slice
+                                    # image by image where the panel runs on past image n
+                                    for i in range(rows):
+                                        s = c[r0 + i, c0:c0 + cols]
+                                        b = bias[row0 + i]
+                                        j0 = 0
+                                        pos = col0
+                                        img = o0 + row0 + i
+                                        while j0 < cols:
+                                            if pos >= P:
+                                                pos -= P
+                                                img += K
+                                                continue
+                                            ln = min(cols - j0, P - pos)
+                                            dst = oall[img, pos:pos + ln]
+                                            part = s[j0:j0 + ln]
+                                            for j in range(ln):
+                                                v = part[j]
+                                                if update and not whole:
+                                                    v += dst[j]
+                                                if last:
+                                                    v += b
+                                                    if relu and v < 0:
+                                                        v = 0
+                                                dst[j] = v
+                                            j0 += ln
+                                            pos += ln
 
     width = level.vector_floats
-    # (a level whose tile is one vector wide has no narrower panel: NR1 = NR)
-    return with_globals(conv, _micro=fc_micro_kernel(MR, NR, width),
-                        _micro_any=fc_micro_any(MR, NR, width),
-                        _finish=epilogue(MR, NR, width), _pack=packer(NR, width),
-                        _pack_rows=row_packer(NR, width),
-                        _micro1=fc_micro_kernel(MR, NR1, width),
-                        _micro1_any=fc_micro_any(MR, NR1, width),
-                        _finish1=epilogue(MR, NR1, width), _pack1=packer(NR1, width),
-                        _pack_rows1=row_packer(NR1, width))
 
+    def each(make):
+        return [make(w, min(w, width)) for w in WIDTHS]
+
+    return with_globals(
+        conv,
+        _micro=_by_width("micro", "kc, w, r0, k0, bp, c, crow0, col0, update",
+                         each(lambda w, v: fc_micro_kernel(MR, w, v))),
+        _micro_any=_by_width("micro_any", "rows, kc, w, r0, k0, bp, c, crow0, col0, update",
+                             each(lambda w, v: fc_micro_any(MR, w, v))),
+        _finish=_by_width("finish", "c, row0, col0, bias, b0, relu",
+                          each(lambda w, v: epilogue(MR, w, v))),
+        _pack=_by_width("pack", "xf, x0, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, "
+                                "nseg, cols", each(packer)),
+        _pack_rows=_by_width("pack_rows", "xf, x0, bp, kc, r0, P, col0, cols",
+                             each(row_packer)))
 
 @kernel("convolution_inference", "implicit_gemm", signatures=_SIGNATURE, multiply_adds=True,
         workspace=workspace_floats)

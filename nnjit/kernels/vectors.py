@@ -236,22 +236,30 @@ def vector_ops(width: int) -> dict:
                 vload_even_lanes=vload_even_lanes, vstore_lanes=vstore_lanes)
 
 
-@intrinsic
-def prefetch(typingctx, arr, index):
-    """Prefetch (for writing) the cache line holding arr[index] of a 1-D float32 array."""
-    if not (isinstance(arr, types.Array) and arr.ndim == 1 and arr.dtype == types.float32
-            and isinstance(index, types.Integer)):
-        return None
+def _prefetch_intrinsic(write: bool):
+    """An intrinsic prefetch(arr, i): the cache line holding arr[i] (a 1-D float32 array),
+    to every cache level, for writing or for reading."""
+    @intrinsic
+    def prefetch(typingctx, arr, index):
+        if not (isinstance(arr, types.Array) and arr.ndim == 1
+                and arr.dtype == types.float32 and isinstance(index, types.Integer)):
+            return None
 
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
-            "llvm.prefetch.p0")
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 1),
-                          ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                "llvm.prefetch.p0")
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, int(write)),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
 
-    return types.none(arr, index), codegen
+        return types.none(arr, index), codegen
+    return prefetch
+
+
+# C tiles, written after the k loop; operands the next panels read.
+prefetch = _prefetch_intrinsic(write=True)
+prefetch_read = _prefetch_intrinsic(write=False)
