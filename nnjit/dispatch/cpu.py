@@ -184,10 +184,17 @@ def _detect() -> CpuInfo:
     )
 
 
+_detected: CpuInfo | None = None
+
+
 def cpu_info() -> CpuInfo:
-    """The host's CPU record: computed on first call, then shared (thread-safe)."""
-    with _lock:
-        return _detect()
+    """The host's CPU record: computed on first call, then shared (thread-safe; every
+    layer call reads it, so later calls take no lock)."""
+    global _detected
+    if _detected is None:
+        with _lock:
+            _detected = _detect()
+    return _detected
 
 
 def cpu_supports(name: str) -> bool:

@@ -46,6 +46,7 @@ _SIGNATURE = void(reads(4), reads(4), reads(1), writes(4), i64, i64, i64, i64, b
                   writes(1))
 
 
+@functools.lru_cache(maxsize=None)
 def panel_floats(level) -> int:
     """Floats of one thread's B micro-panel buffer (NR x KC, plus a vector of slack)."""
     mr, nr = tile_shape(level)

@@ -64,6 +64,8 @@ def positive_int(name: str, value, error=errors.InvalidArgument, *, minimum: int
 
 def pair(name: str, value, error=errors.InvalidArgument, *, minimum: int = 1) -> tuple[int, int]:
     """An int or an (h, w) pair of ints, each >= minimum."""
+    if type(value) is int and value >= minimum:     # the common case, checked cheaply
+        return value, value
     items = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
     if len(items) != 2:
         raise errors.InvalidShape(f"{name} must be an int or a pair (h, w), got {value!r}")
@@ -73,6 +75,8 @@ def pair(name: str, value, error=errors.InvalidArgument, *, minimum: int = 1) ->
 
 def padding(name: str, value) -> tuple[int, int, int, int]:
     """(top, right, bottom, left) from an int, (pad_h, pad_w), or NNPACK's 4-tuple."""
+    if type(value) is int and value >= 0:           # the common case, checked cheaply
+        return value, value, value, value
     items = (value,) if not isinstance(value, (tuple, list)) else tuple(value)
     if len(items) not in (1, 2, 4):
         raise errors.InvalidShape(f"{name} must be an int, (pad_h, pad_w) or (top, right, "

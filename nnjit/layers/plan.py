@@ -41,31 +41,38 @@ class Decision:
                 f"  threads:   {self.threads}")
 
 
-@dataclass(frozen=True)
 class Plan:
-    decision: Decision
-    kernel_args: tuple
-    result: object
+    """A decided call: the kernel, its arguments and what the layer returns. Its Decision
+    is made only when asked for (explain()): building one costs microseconds a call."""
+    __slots__ = ("parts", "kernel_args", "result")
+
+    def __init__(self, parts: tuple, kernel_args: tuple, result):
+        self.parts = parts          # Decision's fields, in order
+        self.kernel_args = kernel_args
+        self.result = result
+
+    @property
+    def decision(self) -> Decision:
+        return Decision(*self.parts)
 
     def run(self):
-        d = self.decision
-        compiled = registry.variant(d.operation, d.algorithm, d.level)
+        operation, algorithm, _, level = self.parts[:4]
+        compiled = registry.variant(operation, algorithm, level)
         args = self.kernel_args
-        workspace = registry.spec(d.operation, d.algorithm).workspace
+        workspace = registry.spec(operation, algorithm).workspace
         if workspace is not None:
-            args += (registry.workspace_buffer(workspace(d.level, *args)),)
+            args += (registry.workspace_buffer(workspace(level, *args)),)
         policy.apply_num_threads()
         compiled(*args)
-        _last.decision = d
+        _last.parts = self.parts
         return self.result
 
 
 def decide(operation: str, algorithm: str, algorithm_reason: str, arguments: dict,
            kernel_args: tuple, result) -> Plan:
     level, level_reason = policy.effective_level()
-    decision = Decision(operation, algorithm, algorithm_reason, level, level_reason,
-                        policy.get_num_threads(), arguments)
-    return Plan(decision, kernel_args, result)
+    return Plan((operation, algorithm, algorithm_reason, level, level_reason,
+                 policy.get_num_threads(), arguments), kernel_args, result)
 
 
 def layer(planner):
@@ -88,7 +95,8 @@ def explain(operation=None, *args, **kwargs) -> Decision | None:
     (``operation`` is a layer name such as "relu_output", or the layer function itself).
     """
     if operation is None:
-        return getattr(_last, "decision", None)
+        parts = getattr(_last, "parts", None)
+        return None if parts is None else Decision(*parts)
     name = getattr(operation, "__name__", operation)
     if name not in LAYERS:
         from nnjit.errors import InvalidArgument
