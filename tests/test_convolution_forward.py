@@ -16,6 +16,7 @@ from conftest import max_relative_error, uniform
 import nnjit
 from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
+from nnjit.kernels.conv_band import banded
 from nnjit.kernels.conv_forward import panel_widths, tail_panels
 from nnjit.kernels.gemm import tile_shape
 
@@ -206,6 +207,29 @@ def test_channels_split_between_threads(best, rng):
             nnjit.set_num_threads(threads)
             check(rng, INF, 1, 40, 1300, 5, 1, algorithm="direct")
             check(rng, INF, 1, 20, 700, (3, 4), 3, padding=1)
+    finally:
+        nnjit.set_num_threads(before)
+
+
+def test_band_path(best, rng):
+    """Stride-1 layers on zero-bordered bands (B read through an offset table, the KW - 1
+    padded columns of each row dropped): W small (runs of rows split between threads),
+    W large (its rows split, in blocks), several KC slices, asymmetric and wide padding,
+    a batch; and a layer that `banded` sends to the packer instead. Every thread count."""
+    import numba
+
+    mr = tile_shape(level_named(best))[0]
+    assert banded(1, 1, 3, 3, 16, 300, mr, False)
+    assert not banded(1, 1, 3, 3, 10, 600, mr, False)
+    assert not banded(2, 2, 3, 3, 56, 64, mr, False) and not banded(1, 1, 1, 1, 9, 8, mr, True)
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            check(rng, INF, 1, 8, 20, (30, 33), 3, 1)
+            check(rng, INF, 1, 200, 300, 16, 3, 1)
+            check(rng, OUT, 2, 5, mr + 1, (9, 40), (2, 5), (0, 3, 4, 1))
+            check(rng, INF, 1, 30, 600, 10, 3, 1)
     finally:
         nnjit.set_num_threads(before)
 

@@ -9,6 +9,9 @@ and NNPACK's cache budgets, reference/nnpack.md 5.3):
   straight from the image (stride and padding applied, zeros for taps outside the image), in
   runs of pixels that share an output row, with vector loads of the level's width (stride 1:
   plain loads; stride 2: even lanes of two loads).
+- stride-1 layers where packing would cost more than it saves (few channel panels to share
+  each packed panel, short rows): the B panels are read in place from zero-bordered bands
+  of the image through an offset table (nnjit.kernels.conv_band).
 - ``direct`` (1x1 kernels, stride 1): the image as is is the B matrix (C x H*W): with no
   padding, every B micro-panel row is one contiguous run of the image; with padding it goes
   through the implicit GEMM packer (so direct accepts any padding).
@@ -37,6 +40,7 @@ from numba import prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
+from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
 from nnjit.kernels.fully_connected import fc_micro_any, fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -58,7 +62,17 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     thread count from the length (the count in effect for the call: nnjit.set_num_threads)."""
     from nnjit.dispatch.policy import get_num_threads
 
-    return get_num_threads() * panel_floats(level)
+    threads = get_num_threads()
+    n, c, _, _ = x.shape
+    k, _, kh, kw = w.shape
+    sh, sw = rest[0], rest[1]
+    mr, nr = tile_shape(level)
+    if banded(sh, sw, kh, kw, out.shape[3], k, mr, False):
+        kc, mc, _ = blocking(mr, nr)
+        band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
+                               nr, mc * kc)[3:]
+        return threads * (band + tile)
+    return threads * panel_floats(level)
 
 
 @functools.lru_cache(maxsize=None)
@@ -304,6 +318,33 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
+        if _banded(sh, sw, KH, KW, OW, K, MR, POINTWISE):
+            # the thread count the workspace was sized for (threads x per-thread floats)
+            threads = 1
+            while True:
+                plan = _band_plan(N, C, K, OH, OW, KH, KW, threads + 1, KC, MR, NR,
+                                  L2_FLOATS)
+                if (threads + 1) * (plan[3] + plan[4]) > workspace.shape[0]:
+                    break
+                threads += 1
+            rows_per, mb, units, band_f, tile_f = _band_plan(N, C, K, OH, OW, KH, KW, threads,
+                                                             KC, MR, NR, L2_FLOATS)
+            per = band_f + tile_f
+            Wp = OW + KW - 1
+            plane = (rows_per + KH - 1) * Wp
+            off = np.empty(R, np.int64)
+            for r in range(R):
+                c = r // (KH * KW)
+                t = r - c * KH * KW
+                off[r] = c * plane + (t // KW) * Wp + t % KW
+            for task in prange(threads):
+                first = units * task // threads
+                last = units * (task + 1) // threads
+                if first < last:
+                    _band_task(first, last, x, wf, bias, out, KH, KW, pt, pl, relu, off,
+                               rows_per, mb, workspace[task * per:task * per + band_f],
+                               workspace[task * per + band_f:(task + 1) * per])
+            return
         # Packed through im2col, a batch's pixels are one sequence of panels that may run
         # from one image into the next: no partly empty panel per image (196 pixels = 6
         # panels of 32 + 4 wasted 12 of every 208 lanes of 14x14 batches).
@@ -448,7 +489,8 @@ def _build(level, pointwise: bool):
         return [make(w, min(w, width)) for w in WIDTHS]
 
     return with_globals(
-        conv,
+        conv, _banded=banded_jit, _band_plan=band_plan_jit,
+        _band_task=band_task(MR, NR, width, KC),
         _micro=_by_width("micro", "kc, w, r0, k0, bp, c, crow0, col0, update",
                          each(lambda w, v: fc_micro_kernel(MR, w, v))),
         _micro_any=_by_width("micro_any", "rows, kc, w, r0, k0, bp, c, crow0, col0, update",
