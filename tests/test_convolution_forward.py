@@ -18,7 +18,7 @@ from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
 from nnjit.kernels.conv_band import banded
 from nnjit.kernels.conv_forward import panel_widths, tail_panels
-from nnjit.kernels.gemm import tile_shape
+from nnjit.kernels.gemm import blocking, tile_shape
 
 TOLERANCE = 1e-5
 BEST = nnjit.cpu_info().runnable[-1].name
@@ -213,21 +213,31 @@ def test_channels_split_between_threads(best, rng):
 
 def test_band_path(best, rng):
     """Stride-1 layers on zero-bordered bands (B read through an offset table, the KW - 1
-    padded columns of each row dropped): W small (runs of rows split between threads),
-    W large (its rows split, in blocks), several KC slices, asymmetric and wide padding,
-    a batch; and a layer that `banded` sends to the packer instead. Every thread count."""
+    padded columns of each row dropped): W small (runs of rows split between threads), W
+    large (its rows split between threads), several KC slices, asymmetric padding, a
+    batch; and a layer that `banded` sends to the packer instead. Every thread count."""
     import numba
 
-    mr = tile_shape(level_named(best))[0]
-    assert banded(1, 1, 3, 3, 16, 300, mr, False)
-    assert not banded(1, 1, 3, 3, 10, 600, mr, False)
-    assert not banded(2, 2, 3, 3, 56, 64, mr, False) and not banded(1, 1, 1, 1, 9, 8, mr, True)
+    mr, nr = tile_shape(level_named(best))
+    kc, mc, _ = blocking(mr, nr)
+
+    def bands(stride, kernel, side, channels, out_channels, pointwise=False):
+        return banded(stride, stride, kernel, kernel, side, side, channels, out_channels, kc,
+                      mr, nr, mc * kc, pointwise)
+    assert bands(1, 3, 14, 256, 256) and bands(1, 3, 56, 64, 64)
+    assert not bands(1, 3, 13, 384, 256)            # 169 of 224 lanes
+    assert not bands(1, 3, 56, 256, 256)            # W read per few rows
+    assert not bands(2, 3, 56, 64, 64) and not bands(1, 1, 9, 8, 8, pointwise=True)
+    # the cases below: bands (small W; large W, whole image; a batch), then the packer
+    assert bands(1, 3, 30, 8, 20) and banded(1, 1, 2, 5, 10, 40, 5, mr + 1, kc, mr, nr,
+                                             mc * kc, False)
+    assert not bands(1, 3, 10, 30, 600)
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             nnjit.set_num_threads(threads)
             check(rng, INF, 1, 8, 20, (30, 33), 3, 1)
-            check(rng, INF, 1, 200, 300, 16, 3, 1)
+            check(rng, INF, 1, 256, 256, 14, 3, 1)
             check(rng, OUT, 2, 5, mr + 1, (9, 40), (2, 5), (0, 3, 4, 1))
             check(rng, INF, 1, 30, 600, 10, 3, 1)
     finally:

@@ -22,7 +22,7 @@ import functools
 
 from numba import njit
 
-from nnjit.dispatch.registry import helper
+from nnjit.dispatch.registry import helper, with_globals
 from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step,
                                    prefetch_tile, store_tile)
 from nnjit.kernels.vectors import prefetch, vector_ops
@@ -30,20 +30,25 @@ from nnjit.kernels.vectors import prefetch, vector_ops
 
 def band_plan(N, C, K, OH, OW, KH, KW, threads, kc, mr, nr, l2_floats):
     """(output rows, W rows per unit, units, band floats, tile floats) of the band path.
-    A unit is (image, run of output rows, block of W's rows): its accumulator tile (W rows
-    x rows * Wp) stays in L2 beside the block's KC slice (3/4 of L2 for both), so each KC
-    slice of W is read once per run of rows: whole images where a block of at least 4 MR
-    rows fits beside them, else runs of rows. Blocks are then split so that the units keep
-    every thread busy. Band and tile floats are per thread."""
+    A unit is (image, run of output rows, block of W's rows). The band of a KC slice's
+    channels for a run of rows takes at most a quarter of L2 (which bounds the run), the
+    unit's accumulator tile (W rows x rows * Wp) and the block's KC slice of W half, so
+    that each KC slice of W is read once per run; blocks of at least 4 MR rows. Blocks
+    and runs are then split so that the units keep every thread busy. Band and tile floats
+    are per thread."""
     wp = OW + KW - 1
     taps = KH * KW
-    budget = l2_floats * 3 // 4
+    band_channels = kc // taps + 2
     k_up = (K + mr - 1) // mr * mr
-    rows = OH
-    mb = min(k_up, budget // (kc + rows * wp) // mr * mr)
-    if mb < 4 * mr and mb < k_up:
-        mb = min(k_up, 4 * mr)
-        rows = max(1, min(OH, (budget // mb - kc) // wp))
+    rows = max(1, min(OH, l2_floats // 4 // (band_channels * wp) - (KH - 1)))
+    # all of W's rows in one block where a run of at least one row fits beside them
+    whole = (l2_floats // 2 // k_up - kc) // wp
+    if whole >= 1:
+        rows = min(rows, whole)
+        mb = k_up
+    else:
+        mb = min(k_up, max(4 * mr, l2_floats // 2 // (kc + rows * wp) // mr * mr))
+        rows = max(1, min(rows, (l2_floats // 2 // mb - kc) // wp))
     blocks = (K + mb - 1) // mb
     mb = ((K + blocks - 1) // blocks + mr - 1) // mr * mr       # balanced blocks
     blocks = (K + mb - 1) // mb
@@ -67,28 +72,39 @@ def band_plan(N, C, K, OH, OW, KH, KW, threads, kc, mr, nr, l2_floats):
             blocks = (K + mb - 1) // mb
     units = N * chunks * blocks
     panels = (rows * wp + nr - 1) // nr
-    band = (kc // taps + 2) * (rows + KH - 1) * wp + nr + KW
+    band = band_channels * (rows + KH - 1) * wp + nr + KW
     return rows, mb, units, band, mb * panels * nr
 
 
 band_plan_jit = njit(inline="always")(band_plan)
 
 
-def banded(sh, sw, KH, KW, OW, K, mr, pointwise) -> bool:
+def banded(sh, sw, KH, KW, OH, OW, C, K, kc, mr, nr, l2_floats, pointwise) -> bool:
     """Whether a forward convolution runs on bands: stride 1, a kernel wider than one tap,
-    and packing dearer than the dropped columns. Packing costs about 1.5 + 32 / OW cycles
-    a float (short rows split panels into more runs; measured 1.7 at 56x56, 4 at 14x14),
-    shared by the ceil(K / MR) channel panels at 12 cycles a row each; the band computes
-    KW - 1 dropped columns a row of OW + KW - 1. Bands when packing costs 1.5 times more
-    (copying the band and the last, partly used panel are the rest): resnet18's 56x56 and
-    14x14 3x3 layers, not VGG's 512-channel 28x28 one."""
+    packing dearer than the lanes the bands waste, and W read no more often than the
+    packed path reads it.
+
+    Packing costs about 1.5 + 32 / OW cycles a float (short rows split panels into more
+    runs; measured 1.7 at 56x56, 4 at 14x14), shared by the ceil(K / MR) channel panels at
+    12 cycles a panel row. Bands waste the KW - 1 dropped columns of each row and the end
+    of the last panel (14x14: 196 of 224 lanes; 13x13: 169 of 224); they are used where
+    packing costs 1.5 times more. Units must hold all of W's rows (else the band is copied
+    once per block of them), and either the whole image or a W small enough to re-read
+    per run of rows: resnet18's 56x56 (64 channels) and 14x14 3x3 layers and VGG's first;
+    not VGG's 112x112 and 56x56 ones (W read per few rows) nor AlexNet's 13x13 ones."""
     if pointwise or sh != 1 or sw != 1 or KH * KW == 1:
         return False
+    wp = OW + KW - 1
     panels = (K + mr - 1) // mr
-    return (4 * OW + 85) * (OW + KW - 1) * 2 > 3 * (KW - 1) * panels * OW
+    lanes = (OH * wp + nr - 1) // nr * nr
+    # pack / panels > 1.5 waste, with pack = 4 + 85 / OW and waste = 1 - OH * OW / lanes
+    if (4 * OW + 85) * lanes * 2 <= 3 * (lanes - OH * OW) * panels * OW:
+        return False
+    rows, mb = band_plan(1, C, K, OH, OW, KH, KW, 1, kc, mr, nr, l2_floats)[:2]
+    return mb >= K and (rows == OH or K * C * KH * KW <= l2_floats // 2)
 
 
-banded_jit = njit(inline="always")(banded)
+banded_jit = njit(inline="always")(with_globals(banded, band_plan=band_plan_jit))
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,7 +203,6 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
                             v = 0
                         dst[j] = v
 
-    from nnjit.dispatch.registry import with_globals
     task = with_globals(task, MR=mr, NR=nr, KC=kc_max, copy_row=copy_row, micro=micro,
                         micro_any=micro_any)
     task.__qualname__ = task.__name__ = f"band_task_{mr}x{nr}"

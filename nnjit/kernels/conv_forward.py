@@ -67,8 +67,8 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     k, _, kh, kw = w.shape
     sh, sw = rest[0], rest[1]
     mr, nr = tile_shape(level)
-    if banded(sh, sw, kh, kw, out.shape[3], k, mr, False):
-        kc, mc, _ = blocking(mr, nr)
+    kc, mc, _ = blocking(mr, nr)
+    if banded(sh, sw, kh, kw, out.shape[2], out.shape[3], c, k, kc, mr, nr, mc * kc, False):
         band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
                                nr, mc * kc)[3:]
         return threads * (band + tile)
@@ -318,7 +318,7 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
-        if _banded(sh, sw, KH, KW, OW, K, MR, POINTWISE):
+        if _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, POINTWISE):
             # the thread count the workspace was sized for (threads x per-thread floats)
             threads = 1
             while True:
