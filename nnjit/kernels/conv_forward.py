@@ -354,7 +354,10 @@ def _build(level, pointwise: bool):
         # Cells are walked pixel panel by pixel panel, or, where W has more rows than the
         # batch has pixels, channel panel by channel panel (threads then split W, each
         # reading its share once, and pack every pixel panel: mobilenet.pw14 at 2 threads).
-        rows_split = K > N * P
+        # Packing through im2col costs 2-4 cycles a float, a few times W's streaming: there
+        # W must have 4 times more rows (AlexNet's 13x13 layers at 2 threads spent a third
+        # of their time packing every panel twice).
+        rows_split = K > N * P * (4 if general else 1)
         for task in prange(threads):
             c_lo = cells * task // threads
             c_hi = cells * (task + 1) // threads
