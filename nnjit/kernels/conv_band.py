@@ -147,7 +147,6 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
 
     def task(first, last, x, wf, bias, out, KH, KW, pt, pl, relu, off, rows_per, mb, band,
              tile):
-        C = x.shape[1]
         H = x.shape[2]
         W = x.shape[3]
         K = out.shape[1]
