@@ -109,13 +109,14 @@ banded_jit = njit(inline="always")(with_globals(banded, band_plan=band_plan_jit)
 
 @functools.lru_cache(maxsize=None)
 def offset_micro_kernel(rows: int, nr: int, width: int):
-    """micro(kc, w, r0, k0, band, base, off, c, crow0, col0, update):
+    """micro(kc, w, r0, valid, k0, band, base, off, c, crow0, col0, update):
         c[crow0 + i, col0 + j] (=, +=) sum_k w[r0 + i, k0 + k] * band[base + off[k0 + k] + j]
-    for i < rows, j < nr: the fully-connected micro-kernel with its B rows found through an
+    for i < rows, j < nr: the fully-connected micro-kernel (clamped: rows past the valid
+    ones repeat the last and give garbage rows of c) with its B rows found through an
     offset table in the band instead of a packed panel."""
     acc = accumulators(rows, nr, width)
-    lines = ["def micro(kc, w, r0, k0, bp, base, off, c, crow0, col0, update):"]
-    lines += [f"    w{i} = w[r0 + {i}, k0:k0 + kc]" for i in range(rows)]
+    lines = ["def micro(kc, w, r0, valid, k0, bp, base, off, c, crow0, col0, update):"]
+    lines += [f"    w{i} = w[r0 + min({i}, valid - 1), k0:k0 + kc]" for i in range(rows)]
     lines.append("    offk = off[k0:k0 + kc]")
     lines += prefetch_tile(rows, nr, row="c[crow0 + {i}]")
     lines += clear_tile(acc)
@@ -137,13 +138,6 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
 
     copy_row = bordered_row_copy(width)
     micro = offset_micro_kernel(mr, nr, width)
-    micro_rows = [offset_micro_kernel(r, nr, width) for r in range(1, mr)]
-    lines = ["def micro_any(rows, kc, w, r0, k0, bp, b0, off, c, crow0, col0, update):"]
-    for r in range(1, mr):
-        lines.append(f"    {'if' if r == 1 else 'elif'} rows == {r}:")
-        lines.append(f"        m{r}(kc, w, r0, k0, bp, b0, off, c, crow0, col0, update)")
-    micro_any = helper(define(lines, __file__, {f"m{r}": m for r, m in
-                                                 enumerate(micro_rows, 1)}))
 
     def task(first, last, x, wf, bias, out, KH, KW, pt, pl, relu, off, rows_per, mb, band,
              tile):
@@ -168,7 +162,9 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
             k0 = kb * mb
             kn = min(mb, K - k0)
             panels = (rows * Wp + NR - 1) // NR
-            ct = tile[:kn * panels * NR].reshape((kn, panels * NR))
+            # rows rounded up to whole MR panels: the last panel's missing rows are garbage
+            ct = tile[:(kn + MR - 1) // MR * MR * panels * NR].reshape(
+                ((kn + MR - 1) // MR * MR, panels * NR))
             for pc in range(0, R, KC):
                 kc = min(KC, R - pc)
                 c_lo = pc // taps
@@ -183,12 +179,8 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
                 for qp in range(panels):
                     q0 = qp * NR
                     for row0 in range(0, kn, MR):
-                        if row0 + MR <= kn:
-                            micro(kc, wf, k0 + row0, pc, band, b0 + q0, off, ct, row0, q0,
-                                  pc > 0)
-                        else:
-                            micro_any(kn - row0, kc, wf, k0 + row0, pc, band, b0 + q0, off,
-                                      ct, row0, q0, pc > 0)
+                        micro(kc, wf, k0 + row0, min(MR, kn - row0), pc, band, b0 + q0, off,
+                              ct, row0, q0, pc > 0)
             # the tile's real columns out, with the bias (and ReLU)
             for k in range(kn):
                 b = bias[k0 + k]
@@ -202,7 +194,6 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
                             v = 0
                         dst[j] = v
 
-    task = with_globals(task, MR=mr, NR=nr, KC=kc_max, copy_row=copy_row, micro=micro,
-                        micro_any=micro_any)
+    task = with_globals(task, MR=mr, NR=nr, KC=kc_max, copy_row=copy_row, micro=micro)
     task.__qualname__ = task.__name__ = f"band_task_{mr}x{nr}"
     return helper(task)

@@ -41,7 +41,7 @@ from numba import prange
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
-from nnjit.kernels.fully_connected import fc_micro_any, fc_micro_kernel
+from nnjit.kernels.fully_connected import fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -286,6 +286,7 @@ def _build(level, pointwise: bool):
     L2_FLOATS = MC * KC     # NNPACK's L2 budget, floats
     BP = panel_floats(level)
     POINTWISE = pointwise
+    BANDS = not pointwise     # a constant: direct's kernel compiles no band path
     WIDTHS = panel_widths(level)
     TAILS = tail_panels(WIDTHS, level.vector_floats)
     NW = len(WIDTHS)
@@ -318,7 +319,7 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
-        if _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, POINTWISE):
+        if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
             threads = 1
             while True:
@@ -444,19 +445,17 @@ def _build(level, pointwise: bool):
                             for p in range(p_lo, p_hi):
                                 row0 = p * MR
                                 rows = min(MR, K - row0)
-                                # whole tiles straight into out, others through scratch
-                                c = oall if whole else scratch
-                                r0 = o0 + row0 if whole else 0
-                                c0 = col0 if whole else 0
-                                add = update and whole
-                                if rows == MR:
-                                    _micro(which, kc, wf, row0, pc, bp, c, r0, c0, add)
-                                else:
-                                    _micro_any(which, rows, kc, wf, row0, pc, bp, c, r0, c0, add)
-                                if whole and rows == MR:
+                                # whole tiles straight into out; others, and the last channel
+                                # panel's (its missing rows are garbage), through scratch
+                                tile = whole and rows == MR
+                                c = oall if tile else scratch
+                                r0 = o0 + row0 if tile else 0
+                                c0 = col0 if tile else 0
+                                _micro(which, kc, wf, row0, rows, pc, bp, c, r0, c0, update and tile)
+                                if tile:
                                     if last:
                                         _finish(which, oall, r0, col0, bias, row0, relu)
-                                elif last or not whole:
+                                else:
                                     # scratch into out (adding what earlier slices left), and
                                     # the bias after the last slice
                                     # image by image where the panel runs on past image n
@@ -476,7 +475,7 @@ def _build(level, pointwise: bool):
                                             part = s[j0:j0 + ln]
                                             for j in range(ln):
                                                 v = part[j]
-                                                if update and not whole:
+                                                if update:
                                                     v += dst[j]
                                                 if last:
                                                     v += b
@@ -494,10 +493,8 @@ def _build(level, pointwise: bool):
     return with_globals(
         conv, _banded=banded_jit, _band_plan=band_plan_jit,
         _band_task=band_task(MR, NR, width, KC),
-        _micro=_by_width("micro", "kc, w, r0, k0, bp, c, crow0, col0, update",
-                         each(lambda w, v: fc_micro_kernel(MR, w, v))),
-        _micro_any=_by_width("micro_any", "rows, kc, w, r0, k0, bp, c, crow0, col0, update",
-                             each(lambda w, v: fc_micro_any(MR, w, v))),
+        _micro=_by_width("micro", "kc, w, r0, valid, k0, bp, c, crow0, col0, update",
+                         each(lambda w, v: fc_micro_kernel(MR, w, v, clamped=True))),
         _finish=_by_width("finish", "c, row0, col0, bias, b0, relu",
                           each(lambda w, v: epilogue(MR, w, v))),
         _pack=_by_width("pack", "xf, x0, bp, kc, r0, C, H, W, KH, KW, sh, sw, pt, pl, seg, "

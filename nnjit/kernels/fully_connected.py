@@ -272,24 +272,29 @@ def gemm_workspace_floats(level, batch: int, in_channels: int, out_channels: int
 
 
 @functools.lru_cache(maxsize=None)
-def fc_micro_kernel(rows: int, nr: int, width: int):
+def fc_micro_kernel(rows: int, nr: int, width: int, clamped: bool = False):
     """micro(kc, w, r0, k0, bp, c, crow0, col0, update):
         c[crow0 + i, col0 + j] (=, +=) sum_k w[r0 + i, k0 + k] * bp[k * nr + j]
     for i < rows, j < nr: rows x nr/width accumulators (named vector values, the k loop's
     phis), per k nr/width vector loads of the packed x^T panel and one broadcast of a
-    weight per row, read in place from the weight matrix."""
+    weight per row, read in place from the weight matrix. ``clamped``: one more argument
+    after r0, valid, the rows of w that exist from r0 (1..rows); rows past them repeat
+    the last one, and their rows of c are garbage (a scratch tile's): one kernel for
+    every edge, instead of one per row count."""
     acc = accumulators(rows, nr, width)
-    lines = ["def micro(kc, w, r0, k0, bp, c, crow0, col0, update):"]
+    head = "r0, valid, k0" if clamped else "r0, k0"
+    lines = [f"def micro(kc, w, {head}, bp, c, crow0, col0, update):"]
     # Rows sliced to the KC slice: indices from the k loop are then provably >= 0 and
     # carry no negative-index wraparound.
-    lines += [f"    w{i} = w[r0 + {i}, k0:k0 + kc]" for i in range(rows)]
+    row = "r0 + min({i}, valid - 1)" if clamped else "r0 + {i}"
+    lines += [f"    w{i} = w[{row.format(i=i)}, k0:k0 + kc]" for i in range(rows)]
     lines += prefetch_tile(rows, nr, row="c[crow0 + {i}]")
     lines += clear_tile(acc)
     lines.append("    for k in range(kc):")
     lines += multiply_add_step(acc, "w{i}[k]", f"k * {nr}", width, " " * 8)
     lines += store_tile(acc, width, row="c[crow0 + {i}]")
     micro = define(lines, __file__, dict(vector_ops(width), prefetch=prefetch),
-                   f"fc_micro_{rows}x{nr}")
+                   f"fc_micro_{rows}x{nr}{'_clamped' if clamped else ''}")
     return helper(micro, fastmath={"contract"})
 
 
