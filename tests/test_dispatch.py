@@ -186,10 +186,13 @@ def test_threads_setting_is_used_and_validated():
             nnjit.set_num_threads(bad)
 
 
-def test_concurrent_first_calls_compile_once(rng=np.random.default_rng(2)):
+def test_concurrent_first_calls_compile_once(monkeypatch):
     """Many threads asking for a not-yet-compiled variant get the same compiled object."""
     level = cpu_info().runnable[0]
-    registry.clear()
+    # A registry of its own: the variants other tests compiled stay in memory (with their
+    # assembly, which test_isa_codegen reads instead of compiling every kernel again).
+    monkeypatch.setattr(registry, "_variants", {})
+    monkeypatch.setattr(registry, "_compile_seconds", {})
     got = []
     barrier = threading.Barrier(4)
 
