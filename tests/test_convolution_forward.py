@@ -18,6 +18,7 @@ from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
 from nnjit.kernels.conv_band import banded
 from nnjit.kernels.conv_forward import panel_widths, tail_panels
+from nnjit.kernels.conv_lanes import lanes_plan, lanes_tile, over_channels
 from nnjit.kernels.gemm import blocking, tile_shape
 
 TOLERANCE = 1e-5
@@ -195,18 +196,30 @@ def test_image_tail_panels(level, rng):
         check(rng, OUT, 2, 3, mr + 1, size, 1, algorithm="direct")
 
 
+def lanes(level, kernel, channels, out_channels, batch=1, out_size=(8, 8)):
+    """Whether this layer runs with output channels in the lanes at ``level``."""
+    mr, nr = tile_shape(level_named(level))
+    kc, mc, nc = blocking(mr, nr)
+    lnr = lanes_tile(level_named(level))[1]
+    return over_channels(*pair(kernel), channels, out_channels, batch, *pair(out_size), lnr,
+                         mc * kc, nc * kc)
+
+
 def test_channels_split_between_threads(best, rng):
     """More output channels than pixels: threads split W's rows and each packs every pixel
     panel; W's rows go in blocks when its KC slice would fill L2 (1300 rows). Every thread
-    count, 1x1 direct and 3x3 through im2col."""
+    count, 1x1 direct and 3x3 through im2col (K not a whole number of the channel-lanes
+    panels, which that path declines)."""
     import numba
 
+    k = 3 * lanes_tile(level_named(best))[1] + 4
+    assert not lanes(best, 3, 20, k)
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             nnjit.set_num_threads(threads)
             check(rng, INF, 1, 40, 1300, 5, 1, algorithm="direct")
-            check(rng, INF, 1, 20, 700, (3, 4), 3, padding=1)
+            check(rng, INF, 1, 20, k, (3, 4), 3, padding=1)
     finally:
         nnjit.set_num_threads(before)
 
@@ -228,18 +241,69 @@ def test_band_path(best, rng):
     assert not bands(1, 3, 13, 384, 256)            # 169 of 224 lanes
     assert not bands(1, 3, 56, 256, 256)            # W read per few rows
     assert not bands(2, 3, 56, 64, 64) and not bands(1, 1, 9, 8, 8, pointwise=True)
-    # the cases below: bands (small W; large W, whole image; a batch), then the packer
+    # the cases below, K short of the channel-lanes panels: bands (small W; large W, whole
+    # image; a batch), then the packer
+    odd = 3 * lanes_tile(level_named(best))[1] + 4
     assert bands(1, 3, 30, 8, 20) and banded(1, 1, 2, 5, 10, 40, 5, mr + 1, kc, mr, nr,
                                              mc * kc, False)
-    assert not bands(1, 3, 10, 30, 600)
+    assert bands(1, 3, 14, 200, odd) and not bands(1, 3, 10, 30, 600)
+    assert not any(lanes(best, kernel, c, k) for kernel, c, k in
+                   ((3, 8, 20), ((2, 5), 5, mr + 1), (3, 200, odd), (3, 30, odd)))
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             nnjit.set_num_threads(threads)
             check(rng, INF, 1, 8, 20, (30, 33), 3, 1)
-            check(rng, INF, 1, 256, 256, 14, 3, 1)
+            check(rng, INF, 1, 200, odd, 14, 3, 1)
             check(rng, OUT, 2, 5, mr + 1, (9, 40), (2, 5), (0, 3, 4, 1))
-            check(rng, INF, 1, 30, 600, 10, 3, 1)
+            check(rng, INF, 1, 30, odd, 10, 3, 1)
+    finally:
+        nnjit.set_num_threads(before)
+
+
+def test_channel_lanes_path(level, rng):
+    """Output channels in the lanes (nnjit.kernels.conv_lanes): W^T panels transposed per
+    call, pixels broadcast from zero-bordered planes or, unpadded, from the image itself;
+    a last channel panel partly past K; output rows narrower than MR, MR + 1 wide, and split
+    into unequal tiles; strides, asymmetric and oversized padding, non-square kernels, a
+    batch, and an image larger than the output needs."""
+    mr, nr = lanes_tile(level_named(level))
+    cases = [  # batch, C, K, size, kernel, padding, stride
+        (1, 3, nr, (20, 23), 7, 3, 2),
+        (2, 5, 4 * nr + 3, (9, 13), 3, 1, 1),
+        (3, 4, 2 * nr, (11, 17), (3, 5), 0, (1, 2)),
+        (1, 6, nr, (12, 9), 3, (0, 3, 4, 1), 2),
+        (1, 2, nr, 4, 3, 4, 1),                     # padding larger than the kernel
+        (1, 3, nr, (5, mr + 1), 3, 1, 1),
+        (2, 3, nr, (6, 2 * mr + 3), (2, 2), 0, 1),  # in place: OW = 2 MR + 2
+        (1, 4, nr, 10, 3, 0, 3),                    # in place, rows past the output's
+    ]
+    for batch, c, k, size, kernel, padding, stride in cases:
+        oh = (pair(size)[0] + sum(pads4(padding)[0::2]) - pair(kernel)[0]) // pair(stride)[0] + 1
+        ow = (pair(size)[1] + sum(pads4(padding)[1::2]) - pair(kernel)[1]) // pair(stride)[1] + 1
+        assert lanes(level, kernel, c, k, batch, (oh, ow)), (batch, c, k, size)
+        check(rng, OUT if batch > 1 else INF, batch, c, k, size, kernel, padding, stride)
+
+
+def test_channel_lanes_threads_and_groups(best, rng):
+    """The channel-lanes path at every thread count, in both unit orders (image-major where
+    all of W^T fits L2), and with images in groups whose planes fit a quarter of L3."""
+    import numba
+
+    lv = level_named(best)
+    mr, nr = lanes_tile(lv)
+    kc, mc, nc = blocking(*tile_shape(lv))
+    big = (3, 64, nr, 128, 3, 1, 1)
+    group = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, nc * kc)[1]
+    assert group < 3
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            check(rng, OUT, 3, 8, 2 * nr, 9, 3, 1, 1)       # W^T in L2: image-major
+            check(rng, INF, 1, 400, 3 * nr, 6, 3, 1, 1)     # panel-major
+            assert 2 * 3 * nr * 400 * 9 > mc * kc
+        check(rng, OUT, *big)
     finally:
         nnjit.set_num_threads(before)
 

@@ -2,7 +2,9 @@
 out[n] (K x OH*OW) = W (K x R) @ im2col(x[n]) (R x OH*OW), R = C*KH*KW.
 
 Two algorithms, one engine (nnjit.kernels.gemm's register-blocked micro-kernel, tile shape
-and NNPACK's cache budgets, reference/nnpack.md 5.3):
+and NNPACK's cache budgets, reference/nnpack.md 5.3). Layers with a kernel wider than one
+tap and enough output channels run transposed instead, output channels in the lanes
+(nnjit.kernels.conv_lanes: no packing of the image at all); the rest as below.
 
 - ``implicit_gemm``: any kernel size, stride, padding and batch. The im2col matrix is never
   built: each NR-pixel x KC-row B micro-panel is packed on the fly, in the task that uses it,
@@ -41,6 +43,9 @@ from numba import prange
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
+from nnjit.kernels.conv_lanes import (lanes_plan_jit, lanes_task, lanes_tile, lanes_workspace,
+                                      over_channels, over_channels_jit, scratch_floats,
+                                      transpose_panel)
 from nnjit.kernels.fully_connected import fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -67,7 +72,14 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     k, _, kh, kw = w.shape
     sh, sw = rest[0], rest[1]
     mr, nr = tile_shape(level)
-    kc, mc, _ = blocking(mr, nr)
+    kc, mc, nc = blocking(mr, nr)
+    lmr, lnr = lanes_tile(level)
+    l3_floats = kc * nc
+    if kh * kw > 1 and over_channels(kh, kw, c, k, n, out.shape[2], out.shape[3], lnr,
+                                     mc * kc, l3_floats):
+        return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
+                               out.shape[3], sh, sw, rest[2], rest[3], lmr, lnr,
+                               level.vector_floats, l3_floats, threads)
     if banded(sh, sw, kh, kw, out.shape[2], out.shape[3], c, k, kc, mr, nr, mc * kc, False):
         band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
                                nr, mc * kc)[3:]
@@ -282,11 +294,14 @@ def _by_width(name: str, params: str, functions: list) -> object:
 
 def _build(level, pointwise: bool):
     MR, NR = tile_shape(level)
-    KC, MC, _ = blocking(MR, NR)
+    KC, MC, NC = blocking(MR, NR)
     L2_FLOATS = MC * KC     # NNPACK's L2 budget, floats
+    L3_FLOATS = NC * KC     # and its L3 budget
     BP = panel_floats(level)
     POINTWISE = pointwise
-    BANDS = not pointwise     # a constant: direct's kernel compiles no band path
+    BANDS = LANES = not pointwise     # constants: direct's kernel compiles neither path
+    LMR, LNR = lanes_tile(level)
+    LSCRATCH = scratch_floats(LMR, LNR, level.vector_floats)
     WIDTHS = panel_widths(level)
     TAILS = tail_panels(WIDTHS, level.vector_floats)
     NW = len(WIDTHS)
@@ -319,6 +334,50 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
+        if LANES and _over_channels(KH, KW, C, K, N, OH, OW, LNR, L2_FLOATS, L3_FLOATS):
+            # channels in the lanes (nnjit.kernels.conv_lanes): W^T panels, then the images
+            # (zero-bordered planes where padded) in groups, units split between threads
+            wt_f, group, image, Hs, Ws = _lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw,
+                                                     pt, pl, LNR, L3_FLOATS)
+            fixed = wt_f + group * image
+            threads = max(1, (workspace.shape[0] - fixed) // LSCRATCH)
+            kpanels = (K + LNR - 1) // LNR
+            wt = workspace[:wt_f]
+            for kp in prange(kpanels):
+                _transpose_panel(wf, wt, kp)
+            off = np.empty(R, np.uint64)
+            for r in range(R):
+                c = r // (KH * KW)
+                t = r - c * KH * KW
+                off[r] = c * Hs * Ws + (t // KW) * Ws + t % KW
+            planes = workspace[wt_f:fixed]
+            xall = x.reshape(N * C * H * W)
+            for g0 in range(0, N, group):
+                images = min(group, N - g0)
+                if image == 0:
+                    src = xall[g0 * C * H * W:]
+                    image_floats = C * H * W
+                else:
+                    src = planes
+                    image_floats = image
+                    for nc in prange(images * C):
+                        n = nc // C
+                        c = nc - n * C
+                        for yy in range(Hs):
+                            iy = yy - pt
+                            d0 = nc * Hs * Ws + yy * Ws
+                            inside = 0 <= iy < H
+                            _copy_row(planes[d0:d0 + Ws], x[g0 + n, c, iy if inside else 0], pl,
+                                      max(0, min(W, Ws - pl)) if inside else 0)
+                units = kpanels * images * OH
+                # image by image where all of W^T stays in L2 beside an image's planes
+                image_major = 2 * wt_f <= L2_FLOATS
+                for task in prange(threads):
+                    s0 = fixed + task * LSCRATCH
+                    _lanes_task(units * task // threads, units * (task + 1) // threads, src,
+                                images, image_floats, Ws, wt, off, bias, out, sh, sw, relu,
+                                workspace[s0:s0 + LSCRATCH], g0, image_major)
+            return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
             threads = 1
@@ -490,8 +549,13 @@ def _build(level, pointwise: bool):
     def each(make):
         return [make(w, min(w, width)) for w in WIDTHS]
 
+    from nnjit.kernels.conv_gradients import bordered_row_copy
+
     return with_globals(
         conv, _banded=banded_jit, _band_plan=band_plan_jit,
+        _over_channels=over_channels_jit, _lanes_plan=lanes_plan_jit,
+        _transpose_panel=transpose_panel(LNR, width), _lanes_task=lanes_task(LMR, LNR, width),
+        _copy_row=bordered_row_copy(width),
         _band_task=band_task(MR, NR, width, KC),
         _micro=_by_width("micro", "kc, w, r0, valid, k0, bp, c, crow0, col0, update",
                          each(lambda w, v: fc_micro_kernel(MR, w, v, clamped=True))),

@@ -36,8 +36,8 @@ def _element_pointer(context, builder, aryty, ary, index):
 @functools.lru_cache(maxsize=None)
 def vector_ops(width: int) -> dict:
     """Intrinsics on <width x float>, by name: vzero, vsplat, vload, vstore, vfma, vadd,
-    vmax, vload_even, the masked loads vload_lanes / vload_even_lanes and the masked
-    store vstore_lanes. The loads and
+    vmax, vload_even, the masked loads vload_lanes / vload_even_lanes, the masked
+    store vstore_lanes and the block transpose vtranspose_copy. The loads and
     stores take a 1-D C-contiguous float32 array and an element index (unaligned)."""
     vty = F32Vector(width)
     llvm_vty = ir.VectorType(ir.FloatType(), width)
@@ -231,9 +231,50 @@ def vector_ops(width: int) -> dict:
             return context.get_dummy_value()
         return types.none(arr, index, value, n), codegen
 
+    @intrinsic
+    def vtranspose_copy(typingctx, dst, d0, dstride, src, s0, sstride):
+        """dst[d0 + j * dstride + i] = src[s0 + i * sstride + j] for i, j < width: a
+        width x width block transposed in registers (width loads, log2(width) rounds of
+        two-vector shuffles, width stores)."""
+        if not (is_f32_row(dst) and is_f32_row(src)) or not all(
+                isinstance(t, types.Integer) for t in (d0, dstride, s0, sstride)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            dst_ty, _, _, src_ty, _, _ = signature.args
+            dst_a, d0_, dstride_, src_a, s0_, sstride_ = args
+            rows = []
+            for i in range(width):
+                at = builder.add(s0_, builder.mul(sstride_, ir.Constant(s0_.type, i)))
+                ptr = _element_pointer(context, builder, src_ty, src_a, at)
+                rows.append(builder.load(builder.bitcast(ptr, llvm_vty.as_pointer()), align=4))
+            b = width // 2
+            while b:
+                # rows i and i + b (i & b == 0) trade blocks of b lanes
+                lo, hi = [], []
+                for lane in range(width):
+                    g, pos = lane // (2 * b) * 2 * b, lane % (2 * b)
+                    first = pos < b
+                    lo.append(g + pos if first else width + g + pos - b)
+                    hi.append(g + b + pos if first else width + g + pos)
+                masks = [ir.Constant(ir.VectorType(i32, width), m) for m in (lo, hi)]
+                for i in range(width):
+                    if i & b == 0:
+                        a, c = rows[i], rows[i + b]
+                        rows[i] = builder.shuffle_vector(a, c, masks[0])
+                        rows[i + b] = builder.shuffle_vector(a, c, masks[1])
+                b //= 2
+            for j in range(width):
+                at = builder.add(d0_, builder.mul(dstride_, ir.Constant(d0_.type, j)))
+                ptr = _element_pointer(context, builder, dst_ty, dst_a, at)
+                builder.store(rows[j], builder.bitcast(ptr, llvm_vty.as_pointer()), align=4)
+            return context.get_dummy_value()
+        return types.none(dst, d0, dstride, src, s0, sstride), codegen
+
     return dict(vzero=vzero, vsplat=vsplat, vload=vload, vstore=vstore, vfma=vfma, vadd=vadd,
                 vmax=vmax, vload_even=vload_even, vload_lanes=vload_lanes,
-                vload_even_lanes=vload_even_lanes, vstore_lanes=vstore_lanes)
+                vload_even_lanes=vload_even_lanes, vstore_lanes=vstore_lanes,
+                vtranspose_copy=vtranspose_copy)
 
 
 def _prefetch_intrinsic(write: bool):

@@ -1,0 +1,206 @@
+"""Forward convolution with output channels in the vector lanes: the implicit GEMM
+transposed, out^T (pixels x K) = im2col(x)^T (pixels x R) @ W^T (R x K), R = C*KH*KW.
+
+The pixel-lanes form (nnjit.kernels.conv_forward) packs an im2col panel per KC slice,
+1-4 cycles a float, and wastes lanes where rows are short (13x13: 169 pixels in 192 or
+224 lanes). Here the lanes hold NR output channels (two vectors) and up to MR pixels of
+one output row are broadcast, each straight from the image: im2col row r = (c, ky, kx)
+at pixel (oy, ox) is src[off[r] + oy * sh * Ws + ox * sw], so a tile reads MR floats at
+one table offset per r, for any stride. A tile accumulates over all R in registers and is
+stored once (transposed into out's rows, with the bias and ReLU): no packing of the
+image, no partial tiles to reload, and an output row splits into tiles of equal width
+(13 = 7 + 6), so no lane is wasted.
+
+The price is W^T: its NR-channel panels (R x NR, channels contiguous) are transposed
+from W on every call, in width x width register blocks, about 8 / (N * OH * OW) of the
+layer's time (a twentieth at 13x13, a sixth at 7x7). Where the padding is not zero the
+image is first copied into a zero-bordered plane per channel, so every broadcast reads
+real data or a zero (the images in groups whose planes fit a cap).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit
+
+from nnjit.dispatch.registry import helper, with_globals
+from nnjit.kernels.codegen import define
+from nnjit.kernels.vectors import vector_ops
+
+LANE_VECTORS = 2                    # NR = 2 vectors of output channels
+
+
+def lanes_tile(level) -> tuple[int, int]:
+    """(MR, NR): at most MR pixels x NR channels. MR x 2 accumulators, two W^T vectors and
+    a broadcast: 7 pixels (17 registers) where there are 32 vector registers (AVX-512,
+    AArch64), 6 (15) where there are 16."""
+    wide = level.vector_bits >= 512 or level.arch == "aarch64"
+    return (7 if wide else 6), LANE_VECTORS * level.vector_floats
+
+
+def over_channels(KH, KW, C, K, N, OH, OW, nr, l2_floats, l3_floats) -> bool:
+    """Whether a forward convolution runs with channels in the lanes: a kernel wider than
+    one tap (1x1 layers have short reductions, where the transposed stores of each tile
+    cost a fifth), K filling the NR-channel panels (a multiple of NR, or at least 4
+    panels), a panel of W^T (R x NR) within three quarters of L2, where the tiles re-read
+    it, and W with W^T within L3 (overfeat's conv4 and conv5, 19 and 38 MB of W^T, went
+    through memory: 13-15% slower)."""
+    R = C * KH * KW
+    return (KH * KW > 1 and K >= nr and (K % nr == 0 or K >= 4 * nr)
+            and 4 * R * nr <= 3 * l2_floats and 2 * K * R <= l3_floats)
+
+
+over_channels_jit = njit(inline="always")(over_channels)
+
+
+def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l3_floats):
+    """(W^T floats, images per group, floats of one image's zero-bordered planes (0 where
+    the image is read in place), plane rows, plane columns). A group's planes take at
+    most a quarter of L3."""
+    R = C * KH * KW
+    wt = (K + nr - 1) // nr * nr * R
+    hp = (OH - 1) * sh + KH
+    wp = (OW - 1) * sw + KW
+    if pt == 0 and pl == 0 and hp <= H and wp <= W:
+        return wt, N, 0, H, W
+    image = C * hp * wp
+    return wt, max(1, min(N, l3_floats // 4 // image)), image, hp, wp
+
+
+lanes_plan_jit = njit(inline="always")(lanes_plan)
+
+
+def scratch_floats(mr, nr, width):
+    """A thread's tile: MR pixels rounded up to whole width x width blocks, x NR channels,
+    then one transposed block."""
+    return ((mr + width - 1) // width * width + width) * nr
+
+
+scratch_floats_jit = njit(inline="always")(scratch_floats)
+
+
+def lanes_workspace(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, mr, nr, width, l3_floats,
+                    threads) -> int:
+    wt, group, image = lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr,
+                                  l3_floats)[:3]
+    return wt + group * image + threads * scratch_floats(mr, nr, width)
+
+
+@functools.lru_cache(maxsize=None)
+def lanes_micro_kernel(rows: int, nr: int, width: int):
+    """micro(R, wt, w0, src, base, off, sw, s): s[i * nr + j] = sum_r src[base + off[r] +
+    i * sw] * wt[w0 + r * nr + j] for i < rows, j < nr."""
+    nv = nr // width
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(rows)]
+    lines = ["def micro(R, wt, w0, src, base, off, sw, s):"]
+    lines += [f"    {c} = vzero()" for row in acc for c in row]
+    # unsigned offsets: indices that are provably >= 0 carry no negative-index wraparound
+    lines += [f"    p{i} = np.uint64(base + {i} * sw)" for i in range(rows)]
+    lines.append("    offr = off[:R]")
+    lines.append("    wp = wt[w0:w0 + R * " + str(nr) + "]")
+    lines.append("    for r in range(R):")
+    lines.append("        at = offr[r]")
+    lines += [f"        b{v} = vload(wp, r * {nr} + {v * width})" for v in range(nv)]
+    for i in range(rows):
+        lines.append(f"        a = vsplat(src[at + p{i}])")
+        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines += [f"    vstore(s, {i * nr + v * width}, {acc[i][v]})"
+              for i in range(rows) for v in range(nv)]
+    micro = define(lines, __file__, dict(vector_ops(width), np=np), f"lanes_micro_{rows}x{nr}")
+    return helper(micro, fastmath={"contract"})
+
+
+@functools.lru_cache(maxsize=None)
+def lanes_micro_any(mr: int, nr: int, width: int):
+    """micro(rows, ...): the micro-kernel for 1 <= rows <= mr pixels (inlined dispatch)."""
+    lines = ["def micro_any(rows, R, wt, w0, src, base, off, sw, s):"]
+    for rows in range(1, mr + 1):
+        lines.append(f"    {'if' if rows == 1 else 'elif'} rows == {rows}:")
+        lines.append(f"        m{rows}(R, wt, w0, src, base, off, sw, s)")
+    return njit(inline="always")(define(
+        lines, __file__, {f"m{r}": lanes_micro_kernel(r, nr, width) for r in range(1, mr + 1)}))
+
+
+@functools.lru_cache(maxsize=None)
+def transpose_panel(nr: int, width: int):
+    """pack(wf, wt, kp): wt[kp * R * nr + r * nr + j] = wf[kp * nr + j, r] (zero for
+    channels past K): panel kp of W^T, in width x width blocks transposed in registers."""
+    ops = vector_ops(width)
+
+    def pack(wf, wt, kp):
+        K = wf.shape[0]
+        R = wf.shape[1]
+        flat = wf.reshape(K * R)
+        w0 = kp * R * nr
+        rv = R // width * width
+        for j0 in range(0, nr, width):
+            k0 = kp * nr + j0
+            if k0 + width <= K:
+                for r0 in range(0, rv, width):
+                    vtranspose_copy(wt, w0 + r0 * nr + j0, nr, flat, k0 * R + r0, R)
+                for r in range(rv, R):
+                    for j in range(width):
+                        wt[w0 + r * nr + j0 + j] = flat[(k0 + j) * R + r]
+            else:
+                for r in range(R):
+                    for j in range(width):
+                        k = k0 + j
+                        wt[w0 + r * nr + j0 + j] = flat[k * R + r] if k < K else 0
+
+    pack = with_globals(pack, nr=nr, width=width, vtranspose_copy=ops["vtranspose_copy"])
+    return helper(pack)
+
+
+@functools.lru_cache(maxsize=None)
+def lanes_task(mr: int, nr: int, width: int):
+    """task(first, last, src, images, image, Ws, wt, off, bias, out, sh, sw, relu, s, n0,
+    image_major): units first..last-1 of a group of images n0.. (unit = channel panel,
+    image, output row, in that order; or, ``image_major``, where all of W^T stays in L2,
+    image, output row, channel panel: the row's image data is then reused from L1 by
+    every panel), the group's images read from src ``image`` floats apart, plane rows Ws
+    floats long."""
+    micro = lanes_micro_any(mr, nr, width)
+    ops = vector_ops(width)
+
+    def task(first, last, src, images, image, Ws, wt, off, bias, out, sh, sw, relu, s, n0,
+             image_major):
+        K = out.shape[1]
+        OH = out.shape[2]
+        OW = out.shape[3]
+        R = off.shape[0]
+        kpanels = (K + NR - 1) // NR
+        chunks = (OW + MR - 1) // MR
+        block = s[MRB * NR:]        # one transposed width x width block
+        zero = vzero()
+        for u in range(first, last):
+            if image_major:
+                n = u // (kpanels * OH)
+                oy = u // kpanels - n * OH
+                kp = u % kpanels
+            else:
+                kp = u // (images * OH)
+                n = u // OH - kp * images
+                oy = u % OH
+            row0 = n * image + oy * sh * Ws
+            for q in range(chunks):
+                ox0 = OW * q // chunks
+                rows = OW * (q + 1) // chunks - ox0
+                micro(rows, R, wt, kp * R * NR, src, row0 + ox0 * sw, off, sw, s)
+                # the tile (pixels x channels) into out's rows, a transposed block at a time,
+                # with the bias and ReLU; lanes past the tile's pixels are not stored
+                for j0 in range(0, NR, width):
+                    for p0 in range(0, rows, width):
+                        vtranspose_copy(block, 0, width, s, p0 * NR + j0, NR)
+                        lanes = min(width, rows - p0)
+                        for j in range(min(width, K - kp * NR - j0)):
+                            k = kp * NR + j0 + j
+                            v = vadd(vload(block, j * width), vsplat(bias[k]))
+                            if relu:
+                                v = vmax(v, zero)
+                            vstore_lanes(out[n0 + n, k, oy], ox0 + p0, v, lanes)
+
+    task = with_globals(task, MR=mr, MRB=(mr + width - 1) // width * width, NR=nr, width=width,
+                        micro=micro, **ops)
+    task.__qualname__ = task.__name__ = f"lanes_task_{mr}x{nr}"
+    return helper(task)
