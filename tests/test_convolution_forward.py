@@ -196,13 +196,13 @@ def test_image_tail_panels(level, rng):
         check(rng, OUT, 2, 3, mr + 1, size, 1, algorithm="direct")
 
 
-def lanes(level, kernel, channels, out_channels, batch=1, out_size=(8, 8)):
+def lanes(level, kernel, channels, out_channels, stride=1):
     """Whether this layer runs with output channels in the lanes at ``level``."""
     mr, nr = tile_shape(level_named(level))
     kc, mc, nc = blocking(mr, nr)
     lnr = lanes_tile(level_named(level))[1]
-    return over_channels(*pair(kernel), channels, out_channels, batch, *pair(out_size), lnr,
-                         mc * kc, nc * kc)
+    return over_channels(*pair(kernel), *pair(stride), channels, out_channels, lnr, mc * kc,
+                         nc * kc)
 
 
 def test_channels_split_between_threads(best, rng):
@@ -277,12 +277,13 @@ def test_channel_lanes_path(level, rng):
         (1, 3, nr, (5, mr + 1), 3, 1, 1),
         (2, 3, nr, (6, 2 * mr + 3), (2, 2), 0, 1),  # in place: OW = 2 MR + 2
         (1, 4, nr, 10, 3, 0, 3),                    # in place, rows past the output's
+        (2, 5, nr, (9, 12), 1, 0, 2),               # 1x1 stride 2, in place
+        (1, 5, nr, (9, 12), 1, 1, (2, 3)),          # 1x1 strided and padded
     ]
     for batch, c, k, size, kernel, padding, stride in cases:
-        oh = (pair(size)[0] + sum(pads4(padding)[0::2]) - pair(kernel)[0]) // pair(stride)[0] + 1
-        ow = (pair(size)[1] + sum(pads4(padding)[1::2]) - pair(kernel)[1]) // pair(stride)[1] + 1
-        assert lanes(level, kernel, c, k, batch, (oh, ow)), (batch, c, k, size)
+        assert lanes(level, kernel, c, k, stride), (batch, c, k, size)
         check(rng, OUT if batch > 1 else INF, batch, c, k, size, kernel, padding, stride)
+    assert not lanes(level, 1, 8, nr)
 
 
 def test_channel_lanes_threads_and_groups(best, rng):

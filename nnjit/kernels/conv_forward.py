@@ -75,8 +75,7 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     kc, mc, nc = blocking(mr, nr)
     lmr, lnr = lanes_tile(level)
     l3_floats = kc * nc
-    if kh * kw > 1 and over_channels(kh, kw, c, k, n, out.shape[2], out.shape[3], lnr,
-                                     mc * kc, l3_floats):
+    if over_channels(kh, kw, sh, sw, c, k, lnr, mc * kc, l3_floats):
         return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
                                out.shape[3], sh, sw, rest[2], rest[3], lmr, lnr,
                                level.vector_floats, l3_floats, threads)
@@ -334,7 +333,7 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
-        if LANES and _over_channels(KH, KW, C, K, N, OH, OW, LNR, L2_FLOATS, L3_FLOATS):
+        if LANES and _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
             # channels in the lanes (nnjit.kernels.conv_lanes): W^T panels, then the images
             # (zero-bordered planes where padded) in groups, units split between threads
             wt_f, group, image, Hs, Ws = _lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw,

@@ -39,15 +39,16 @@ def lanes_tile(level) -> tuple[int, int]:
     return (7 if wide else 6), LANE_VECTORS * level.vector_floats
 
 
-def over_channels(KH, KW, C, K, N, OH, OW, nr, l2_floats, l3_floats) -> bool:
+def over_channels(KH, KW, sh, sw, C, K, nr, l2_floats, l3_floats) -> bool:
     """Whether a forward convolution runs with channels in the lanes: a kernel wider than
-    one tap (1x1 layers have short reductions, where the transposed stores of each tile
-    cost a fifth), K filling the NR-channel panels (a multiple of NR, or at least 4
+    one tap or a stride (1x1 stride-1 layers have short reductions, where the transposed
+    stores of each tile cost a fifth, and their image rows are the pixel-lanes path's B
+    panels as they are), K filling the NR-channel panels (a multiple of NR, or at least 4
     panels), a panel of W^T (R x NR) within three quarters of L2, where the tiles re-read
     it, and W with W^T within L3 (overfeat's conv4 and conv5, 19 and 38 MB of W^T, went
     through memory: 13-15% slower)."""
     R = C * KH * KW
-    return (KH * KW > 1 and K >= nr and (K % nr == 0 or K >= 4 * nr)
+    return ((KH * KW > 1 or sh * sw > 1) and K >= nr and (K % nr == 0 or K >= 4 * nr)
             and 4 * R * nr <= 3 * l2_floats and 2 * K * R <= l3_floats)
 
 
