@@ -186,6 +186,27 @@ def test_threads_setting_is_used_and_validated():
             nnjit.set_num_threads(bad)
 
 
+
+def test_first_call_keeps_the_callers_openmp_settings():
+    """Numba's OpenMP layer starts by setting the thread count and nesting of the OpenMP
+    runtime loaded globally (PyTorch's, in a torch program): nnjit puts them back."""
+    out = run_python("""
+        import ctypes, numpy as np
+        try:
+            omp = ctypes.CDLL("libgomp.so.1", mode=ctypes.RTLD_GLOBAL)
+        except OSError:
+            raise SystemExit(print("no libgomp"))
+        omp.omp_set_num_threads(1)
+        omp.omp_set_max_active_levels(1)
+        import nnjit
+        nnjit.relu_output(np.ones(4096, np.float32))
+        print(omp.omp_get_max_threads(), omp.omp_get_max_active_levels(),
+              nnjit.explain().threads)
+    """, NUMBA_THREADING_LAYER="omp", NUMBA_NUM_THREADS="3")
+    if out == "no libgomp":
+        pytest.skip("no GNU OpenMP runtime to load")
+    assert out == "1 1 3"
+
 def test_concurrent_first_calls_compile_once(monkeypatch):
     """Many threads asking for a not-yet-compiled variant get the same compiled object."""
     level = cpu_info().runnable[0]

@@ -97,10 +97,42 @@ def get_num_threads() -> int:
     return _num_threads or numba.config.NUMBA_NUM_THREADS
 
 
+_pool_started = False
+
+
+def start_thread_pool() -> None:
+    """Start Numba's thread pool (once), leaving the calling thread's OpenMP settings as
+    they were. Numba's OpenMP layer starts with omp_set_num_threads(NUMBA_NUM_THREADS) and
+    nested parallelism on whichever OpenMP runtime is loaded globally, which is PyTorch's
+    once torch is imported: a torch.set_num_threads(1) (or OMP_NUM_THREADS=1) made before
+    nnjit's first call silently became every core for torch (measured: its conv2d went
+    from one core to two after one nnjit call)."""
+    global _pool_started
+    if _pool_started:
+        return
+    import ctypes
+
+    import numba
+
+    with _lock:
+        if _pool_started:
+            return
+        omp = ctypes.CDLL(None) if os.name == "posix" else None
+        saved = None
+        if omp is not None and hasattr(omp, "omp_get_max_threads"):
+            saved = omp.omp_get_max_threads(), omp.omp_get_max_active_levels()
+        numba.get_num_threads()                 # starts the pool
+        if saved is not None:
+            omp.omp_set_num_threads(saved[0])
+            omp.omp_set_max_active_levels(saved[1])
+        _pool_started = True
+
+
 def apply_num_threads() -> int:
     """Make this thread's Numba launches use the configured count (Numba's is per thread)."""
     import numba
 
+    start_thread_pool()
     n = get_num_threads()
     if numba.get_num_threads() != n:
         numba.set_num_threads(n)

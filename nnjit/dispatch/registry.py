@@ -169,8 +169,10 @@ def variant(operation: str, algorithm: str, level: IsaLevel):
 
 def _compile(kernel_spec: KernelSpec, level: IsaLevel, use_disk_cache: bool):
     from nnjit.dispatch.cache import KernelCache, cache_enabled
+    from nnjit.dispatch.policy import start_thread_pool
     from nnjit.dispatch.targets import target_for
 
+    start_thread_pool()      # compiling a prange kernel starts it: keep the OpenMP settings
     py_func = kernel_spec.build(level)
     options = kernel_spec.options
     dispatcher = target_for(level).jit(py_func, **options)
