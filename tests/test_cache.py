@@ -53,3 +53,10 @@ def test_levels_keep_separate_entries(tmp_path):
 def test_cache_can_be_turned_off(tmp_path):
     probe(tmp_path, ["generic"], NNJIT_CACHE="0")
     assert not any(tmp_path.rglob("*.nbc"))
+
+
+def test_tuning_overrides_keep_separate_entries(tmp_path):
+    """A kernel built under another NNJIT_GEMM_TILE bakes in another tile: never reused."""
+    probe(tmp_path, ["generic"])
+    assert probe(tmp_path, ["generic"], NNJIT_GEMM_TILE="4x8")["generic"] == [0, 2]
+    assert probe(tmp_path, ["generic"])["generic"] == [2, 0]

@@ -2,8 +2,9 @@
 
 Numba's own cache keys an entry by signature, the codegen's cpu name and features, and the
 kernel's bytecode. nnjit adds the level, the jit options (Numba issue 6845: variants that
-differ only in options collided) and a digest of nnjit's own source, because a kernel's
-bytecode does not change when a helper it calls does.
+differ only in options collided), a digest of nnjit's own source, because a kernel's
+bytecode does not change when a helper it calls does, and the constants a build bakes in
+(cache sizes, tuning overrides).
 """
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ def source_digest() -> str:
     return digest.hexdigest()[:16]
 
 
+def build_constants() -> tuple:
+    """What kernels bake in as constants besides their source: the host's cache sizes
+    (NNPACK's blocking budgets) and the GEMM tuning overrides. A cache folder shared by
+    hosts with other caches, or a run with another NNJIT_GEMM_TILE, must not load kernels
+    built for those (their tiles would disagree with the workspace the layer allocates)."""
+    from nnjit.dispatch.cpu import cpu_info
+
+    info = cpu_info()
+    return (info.l1d_bytes, info.l1d_shared_by, info.l2_bytes, info.l2_shared_by,
+            info.l3_bytes, os.environ.get("NNJIT_GEMM_TILE", "").strip(),
+            os.environ.get("NNJIT_GEMM_KC", "").strip())
+
+
 class _Locator(caching._SourceFileBackedLocatorMixin, caching._CacheLocator):
     def __init__(self, py_func, py_file):
         self._py_file = py_file
@@ -69,7 +83,7 @@ class KernelCache(caching.FunctionCache):
         super().__init__(py_func)
         options_text = repr(sorted((name, sorted(value) if isinstance(value, (set, frozenset))
                                     else value) for name, value in options.items()))
-        self._variant_key = (variant_name, options_text, source_digest())
+        self._variant_key = (variant_name, options_text, source_digest(), build_constants())
         # One index file per variant, so levels never rewrite each other's index.
         self._cache_file = caching.IndexDataCacheFile(
             cache_path=self._cache_path,
