@@ -41,6 +41,7 @@ from numba import njit, prange
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step, prefetch_tile,
                                    store_tile)
+from nnjit.kernels.conv_lanes import lanes_tile
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -141,7 +142,7 @@ _band_floats_jit = njit(with_globals(_band_floats, _phase=_phase_jit,
 def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) -> int:
     """Floats of scratch: W^T packed for all phases, and per task its group's rows of C and
     its band of zero-bordered grad_output."""
-    mr, nr = tile_shape(level)
+    mr, nr = lanes_tile(level)
     n, k, oh, ow = grad_output.shape
     _, c, kh, kw = w.shape
     h, w_ = grad_input.shape[2:]
@@ -190,8 +191,10 @@ def _compile_micro(lines, width, name):
         multiply_adds=True, workspace=input_gradient_workspace)
 def input_gradient_implicit_gemm(level):
     """grad_input^T = im2col(grad_output)^T @ W per stride phase, im2col read in place from a
-    zero-bordered grad_output, W^T packed once."""
-    MR, NR = tile_shape(level)
+    zero-bordered grad_output, W^T packed once. The tile is conv_lanes' (pixels broadcast,
+    channels in the lanes): 7 x 32 with 32 vector registers was 2-11% faster than the GEMM
+    engine's 6 x 32 (8 x 32 the same as 7, 10 x 32 slower)."""
+    MR, NR = lanes_tile(level)
     KC = blocking(MR, NR)[0]
 
     def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
