@@ -288,15 +288,20 @@ def test_channel_lanes_path(level, rng):
 
 def test_channel_lanes_threads_and_groups(best, rng):
     """The channel-lanes path at every thread count, in both unit orders (image-major where
-    all of W^T fits L2), and with images in groups whose planes fit a quarter of L3."""
+    all of W^T fits half of L2, shared; else panel-major, each thread transposing the
+    panels its units meet, a thread's run starting inside a panel too), and with images in
+    groups whose planes fit a quarter of L3, in both orders."""
     import numba
 
     lv = level_named(best)
     mr, nr = lanes_tile(lv)
     kc, mc, nc = blocking(*tile_shape(lv))
     big = (3, 64, nr, 128, 3, 1, 1)
-    group = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, nc * kc)[1]
-    assert group < 3
+    plan = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, mc * kc, nc * kc)
+    assert plan[0] > 0 and plan[2] < 3                      # shared W^T, groups
+    private = (2, 640, 2 * nr, 40, 3, 1, 1)
+    plan = lanes_plan(2, 640, 40, 40, 2 * nr, 3, 3, 40, 40, 1, 1, 1, 1, nr, mc * kc, nc * kc)
+    assert plan[1] > 0 and plan[2] < 2                      # private panels, groups
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
@@ -305,6 +310,7 @@ def test_channel_lanes_threads_and_groups(best, rng):
             check(rng, INF, 1, 400, 3 * nr, 6, 3, 1, 1)     # panel-major
             assert 2 * 3 * nr * 400 * 9 > mc * kc
         check(rng, OUT, *big)
+        check(rng, OUT, *private)
     finally:
         nnjit.set_num_threads(before)
 

@@ -78,7 +78,7 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     if over_channels(kh, kw, sh, sw, c, k, lnr, mc * kc, l3_floats):
         return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
                                out.shape[3], sh, sw, rest[2], rest[3], lmr, lnr,
-                               level.vector_floats, l3_floats, threads)
+                               level.vector_floats, mc * kc, l3_floats, threads)
     if banded(sh, sw, kh, kw, out.shape[2], out.shape[3], c, k, kc, mr, nr, mc * kc, False):
         band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
                                nr, mc * kc)[3:]
@@ -336,20 +336,21 @@ def _build(level, pointwise: bool):
         if LANES and _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
             # channels in the lanes (nnjit.kernels.conv_lanes): W^T panels, then the images
             # (zero-bordered planes where padded) in groups, units split between threads
-            wt_f, group, image, Hs, Ws = _lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw,
-                                                     pt, pl, LNR, L3_FLOATS)
-            fixed = wt_f + group * image
-            threads = max(1, (workspace.shape[0] - fixed) // LSCRATCH)
+            shared, private, group, image, Hs, Ws = _lanes_plan(
+                N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, LNR, L2_FLOATS, L3_FLOATS)
+            fixed = shared + group * image
+            per_task = LSCRATCH + private
+            threads = max(1, (workspace.shape[0] - fixed) // per_task)
             kpanels = (K + LNR - 1) // LNR
-            wt = workspace[:wt_f]
-            for kp in prange(kpanels):
-                _transpose_panel(wf, wt, kp)
+            if shared:
+                for kp in prange(kpanels):
+                    _transpose_panel(wf, workspace, kp, kp * R * LNR)
             off = np.empty(R, np.uint64)
             for r in range(R):
                 c = r // (KH * KW)
                 t = r - c * KH * KW
                 off[r] = c * Hs * Ws + (t // KW) * Ws + t % KW
-            planes = workspace[wt_f:fixed]
+            planes = workspace[shared:fixed]
             xall = x.reshape(N * C * H * W)
             for g0 in range(0, N, group):
                 images = min(group, N - g0)
@@ -369,13 +370,12 @@ def _build(level, pointwise: bool):
                             _copy_row(planes[d0:d0 + Ws], x[g0 + n, c, iy if inside else 0], pl,
                                       max(0, min(W, Ws - pl)) if inside else 0)
                 units = kpanels * images * OH
-                # image by image where all of W^T stays in L2 beside an image's planes
-                image_major = 2 * wt_f <= L2_FLOATS
                 for task in prange(threads):
-                    s0 = fixed + task * LSCRATCH
+                    s0 = fixed + task * per_task
+                    wt = workspace[s0 + LSCRATCH:s0 + per_task] if private else workspace
                     _lanes_task(units * task // threads, units * (task + 1) // threads, src,
-                                images, image_floats, Ws, wt, off, bias, out, sh, sw, relu,
-                                workspace[s0:s0 + LSCRATCH], g0, image_major)
+                                images, image_floats, Ws, wf, wt, private > 0, off, bias,
+                                out, sh, sw, relu, workspace[s0:s0 + LSCRATCH], g0)
             return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)

@@ -55,18 +55,23 @@ def over_channels(KH, KW, sh, sw, C, K, nr, l2_floats, l3_floats) -> bool:
 over_channels_jit = njit(inline="always")(over_channels)
 
 
-def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l3_floats):
-    """(W^T floats, images per group, floats of one image's zero-bordered planes (0 where
-    the image is read in place), plane rows, plane columns). A group's planes take at
-    most a quarter of L3."""
+def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l2_floats, l3_floats):
+    """(shared W^T floats, private W^T floats per thread, images per group, floats of one
+    image's zero-bordered planes (0 where the image is read in place), plane rows, plane
+    columns). Where all of W^T fits half of L2 it is transposed once, shared, and units
+    go image-major; else each thread transposes the panels its run of (panel-major) units
+    meets, one at a time, into a panel of its own that stays in L2: W^T never goes out to
+    memory and back (resnet18's 7x7 layer, 9.4 MB of it, scaled 1.6x from 1 to 2
+    threads). A group's planes take at most a quarter of L3."""
     R = C * KH * KW
     wt = (K + nr - 1) // nr * nr * R
+    shared, private = (wt, 0) if 2 * wt <= l2_floats else (0, R * nr)
     hp = (OH - 1) * sh + KH
     wp = (OW - 1) * sw + KW
     if pt == 0 and pl == 0 and hp <= H and wp <= W:
-        return wt, N, 0, H, W
+        return shared, private, N, 0, H, W
     image = C * hp * wp
-    return wt, max(1, min(N, l3_floats // 4 // image)), image, hp, wp
+    return shared, private, max(1, min(N, l3_floats // 4 // image)), image, hp, wp
 
 
 lanes_plan_jit = njit(inline="always")(lanes_plan)
@@ -81,11 +86,11 @@ def scratch_floats(mr, nr, width):
 scratch_floats_jit = njit(inline="always")(scratch_floats)
 
 
-def lanes_workspace(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, mr, nr, width, l3_floats,
-                    threads) -> int:
-    wt, group, image = lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr,
-                                  l3_floats)[:3]
-    return wt + group * image + threads * scratch_floats(mr, nr, width)
+def lanes_workspace(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, mr, nr, width, l2_floats,
+                    l3_floats, threads) -> int:
+    shared, private, group, image = lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt,
+                                               pl, nr, l2_floats, l3_floats)[:4]
+    return shared + group * image + threads * (scratch_floats(mr, nr, width) + private)
 
 
 @functools.lru_cache(maxsize=None)
@@ -125,15 +130,14 @@ def lanes_micro_any(mr: int, nr: int, width: int):
 
 @functools.lru_cache(maxsize=None)
 def transpose_panel(nr: int, width: int):
-    """pack(wf, wt, kp): wt[kp * R * nr + r * nr + j] = wf[kp * nr + j, r] (zero for
-    channels past K): panel kp of W^T, in width x width blocks transposed in registers."""
+    """pack(wf, wt, kp, w0): wt[w0 + r * nr + j] = wf[kp * nr + j, r] (zero for channels
+    past K): panel kp of W^T, in width x width blocks transposed in registers."""
     ops = vector_ops(width)
 
-    def pack(wf, wt, kp):
+    def pack(wf, wt, kp, w0):
         K = wf.shape[0]
         R = wf.shape[1]
         flat = wf.reshape(K * R)
-        w0 = kp * R * nr
         rv = R // width * width
         for j0 in range(0, nr, width):
             k0 = kp * nr + j0
@@ -155,17 +159,19 @@ def transpose_panel(nr: int, width: int):
 
 @functools.lru_cache(maxsize=None)
 def lanes_task(mr: int, nr: int, width: int):
-    """task(first, last, src, images, image, Ws, wt, off, bias, out, sh, sw, relu, s, n0,
-    image_major): units first..last-1 of a group of images n0.. (unit = channel panel,
-    image, output row, in that order; or, ``image_major``, where all of W^T stays in L2,
-    image, output row, channel panel: the row's image data is then reused from L1 by
-    every panel), the group's images read from src ``image`` floats apart, plane rows Ws
-    floats long."""
+    """task(first, last, src, images, image, Ws, wf, wt, private, off, bias, out, sh, sw,
+    relu, s, n0): units first..last-1 of a group of images n0.. (unit = channel panel,
+    image, output row, in that order, each panel transposed from wf into the task's own
+    ``wt`` as its units begin, where ``private``; else, all of W^T in ``wt`` and in L2:
+    image, output row, channel panel, the row's image data reused from L1 by every
+    panel), the group's images read from src ``image`` floats apart, plane rows Ws floats
+    long."""
     micro = lanes_micro_any(mr, nr, width)
+    pack = transpose_panel(nr, width)
     ops = vector_ops(width)
 
-    def task(first, last, src, images, image, Ws, wt, off, bias, out, sh, sw, relu, s, n0,
-             image_major):
+    def task(first, last, src, images, image, Ws, wf, wt, private, off, bias, out, sh, sw,
+             relu, s, n0):
         K = out.shape[1]
         OH = out.shape[2]
         OW = out.shape[3]
@@ -174,20 +180,26 @@ def lanes_task(mr: int, nr: int, width: int):
         chunks = (OW + MR - 1) // MR
         block = s[MRB * NR:]        # one transposed width x width block
         zero = vzero()
+        have = -1
         for u in range(first, last):
-            if image_major:
-                n = u // (kpanels * OH)
-                oy = u // kpanels - n * OH
-                kp = u % kpanels
-            else:
+            if private:
                 kp = u // (images * OH)
                 n = u // OH - kp * images
                 oy = u % OH
+                if kp != have:
+                    pack(wf, wt, kp, 0)
+                    have = kp
+                w0 = 0
+            else:
+                n = u // (kpanels * OH)
+                oy = u // kpanels - n * OH
+                kp = u % kpanels
+                w0 = kp * R * NR
             row0 = n * image + oy * sh * Ws
             for q in range(chunks):
                 ox0 = OW * q // chunks
                 rows = OW * (q + 1) // chunks - ox0
-                micro(rows, R, wt, kp * R * NR, src, row0 + ox0 * sw, off, sw, s)
+                micro(rows, R, wt, w0, src, row0 + ox0 * sw, off, sw, s)
                 # the tile (pixels x channels) into out's rows, a transposed block at a time,
                 # with the bias and ReLU; lanes past the tile's pixels are not stored
                 for j0 in range(0, NR, width):
@@ -202,6 +214,6 @@ def lanes_task(mr: int, nr: int, width: int):
                             vstore_lanes(out[n0 + n, k, oy], ox0 + p0, v, lanes)
 
     task = with_globals(task, MR=mr, MRB=(mr + width - 1) // width * width, NR=nr, width=width,
-                        micro=micro, **ops)
+                        micro=micro, pack=pack, **ops)
     task.__qualname__ = task.__name__ = f"lanes_task_{mr}x{nr}"
     return helper(task)
