@@ -196,6 +196,56 @@ def test_model_layers(rng, layer):
     assert kernel_gradient_error(rng, *shape) < limit
 
 
+# ------------------------------------------- stride 1: the forward channel-lanes path
+def flipped(level, c, k, kernel, padding, stride=1):
+    """Whether this input gradient runs as conv_lanes' correlation with the flipped kernel."""
+    from nnjit.dispatch.isa import level_named
+    from nnjit.kernels.conv_gradients import flipped_lanes
+    from nnjit.kernels.conv_lanes import lanes_tile
+    from nnjit.kernels.gemm import blocking, tile_shape
+
+    lv = level_named(level)
+    kc, mc, nc = blocking(*tile_shape(lv))
+    top, _, _, left = _pads(padding)
+    return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, lanes_tile(lv)[1],
+                         mc * kc, nc * kc)
+
+
+def test_input_gradient_flipped_lanes(level, rng):
+    """Stride-1 input gradients on the forward path's channel lanes: padding 0 to KH - 1
+    (the correlation's own padding KH - 1 down to 0), asymmetric, bottom and right padding
+    past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
+    a last channel panel partly past C, a batch; every thread count. Top or left padding
+    past the kernel, a stride, or too few channels take the phase GEMMs instead."""
+    import numba
+
+    from nnjit.dispatch.isa import level_named
+    from nnjit.kernels.conv_lanes import lanes_tile
+
+    nr = lanes_tile(level_named(level))[1]
+    cases = [  # batch, C, K, size, kernel, padding
+        (2, nr, 6, (7, 9), (3, 3), 1),
+        (1, 4 * nr + 3, 5, (6, 6), (3, 3), 0),
+        (1, nr, 3, (5, 8), (3, 3), 2),
+        (1, 2 * nr, 4, (8, 7), (5, 3), (0, 2, 4, 1)),
+        (3, nr, 2, (6, 5), (3, 3), (1, 4, 5, 0)),       # bottom and right past the kernel
+    ]
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            for n, c, k, size, kernel, padding in cases:
+                assert flipped(level, c, k, kernel, padding), (c, k, kernel, padding)
+                assert input_gradient_error(rng, n, c, k, size, kernel, padding) < DIRECT
+    finally:
+        nnjit.set_num_threads(before)
+    for c, kernel, padding, stride in [(nr, (3, 3), (3, 0, 0, 0), 1),
+                                       (nr, (3, 3), (0, 0, 0, 3), 1),
+                                       (nr, (3, 3), 1, 2), (nr - 1, (3, 3), 1, 1)]:
+        assert not flipped(level, c, 4, kernel, padding, stride)
+        assert input_gradient_error(rng, 1, c, 4, (7, 7), kernel, padding, stride) < DIRECT
+
+
 # ---------------------------------------------------------------------------- the API
 def test_explain_reports_implicit_gemm(rng):
     go = uniform(rng, (2, 4, 6, 6), 0, 1)

@@ -112,6 +112,15 @@ def helper(function, **options):
     return njit(inline="never", _nrt=False, **options)(function)
 
 
+def parallel_stage(function):
+    """A parallel part that several kernels share (prange loops, allocations): a Numba
+    function with the kernels' own options, re-jitted for each calling level like a
+    helper, and compiled once per level for all of its callers."""
+    from numba import njit
+
+    return njit(parallel=True, fastmath=set(FASTMATH), boundscheck=False)(function)
+
+
 def _load() -> None:
     global _loaded
     if not _loaded:

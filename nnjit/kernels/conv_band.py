@@ -134,7 +134,7 @@ def band_task(mr: int, nr: int, width: int, kc_max: int):
     """task(first, last, x, wf, bias, out, KH, KW, pt, pl, relu, off, rows_per, mb, band,
     tile): units first..last-1 of the band path (band_plan's: image, run of rows_per output
     rows, block of mb rows of W; blocks innermost), with this thread's band and tile."""
-    from nnjit.kernels.conv_gradients import bordered_row_copy
+    from nnjit.kernels.conv_lanes import bordered_row_copy
 
     copy_row = bordered_row_copy(width)
     micro = offset_micro_kernel(mr, nr, width)

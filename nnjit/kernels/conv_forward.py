@@ -43,9 +43,8 @@ from numba import prange
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
-from nnjit.kernels.conv_lanes import (lanes_plan_jit, lanes_task, lanes_tile, lanes_workspace,
-                                      over_channels, over_channels_jit, scratch_floats,
-                                      transpose_panel)
+from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace,
+                                      over_channels, over_channels_jit)
 from nnjit.kernels.fully_connected import fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -299,8 +298,7 @@ def _build(level, pointwise: bool):
     BP = panel_floats(level)
     POINTWISE = pointwise
     BANDS = LANES = not pointwise     # constants: direct's kernel compiles neither path
-    LMR, LNR = lanes_tile(level)
-    LSCRATCH = scratch_floats(LMR, LNR, level.vector_floats)
+    LNR = lanes_tile(level)[1]
     WIDTHS = panel_widths(level)
     TAILS = tail_panels(WIDTHS, level.vector_floats)
     NW = len(WIDTHS)
@@ -334,48 +332,8 @@ def _build(level, pointwise: bool):
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
         if LANES and _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
-            # channels in the lanes (nnjit.kernels.conv_lanes): W^T panels, then the images
-            # (zero-bordered planes where padded) in groups, units split between threads
-            shared, private, group, image, Hs, Ws = _lanes_plan(
-                N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, LNR, L2_FLOATS, L3_FLOATS)
-            fixed = shared + group * image
-            per_task = LSCRATCH + private
-            threads = max(1, (workspace.shape[0] - fixed) // per_task)
-            kpanels = (K + LNR - 1) // LNR
-            if shared:
-                for kp in prange(kpanels):
-                    _transpose_panel(wf, workspace, kp, kp * R * LNR)
-            off = np.empty(R, np.uint64)
-            for r in range(R):
-                c = r // (KH * KW)
-                t = r - c * KH * KW
-                off[r] = c * Hs * Ws + (t // KW) * Ws + t % KW
-            planes = workspace[shared:fixed]
-            xall = x.reshape(N * C * H * W)
-            for g0 in range(0, N, group):
-                images = min(group, N - g0)
-                if image == 0:
-                    src = xall[g0 * C * H * W:]
-                    image_floats = C * H * W
-                else:
-                    src = planes
-                    image_floats = image
-                    for nc in prange(images * C):
-                        n = nc // C
-                        c = nc - n * C
-                        for yy in range(Hs):
-                            iy = yy - pt
-                            d0 = nc * Hs * Ws + yy * Ws
-                            inside = 0 <= iy < H
-                            _copy_row(planes[d0:d0 + Ws], x[g0 + n, c, iy if inside else 0], pl,
-                                      max(0, min(W, Ws - pl)) if inside else 0)
-                units = kpanels * images * OH
-                for task in prange(threads):
-                    s0 = fixed + task * per_task
-                    wt = workspace[s0 + LSCRATCH:s0 + per_task] if private else workspace
-                    _lanes_task(units * task // threads, units * (task + 1) // threads, src,
-                                images, image_floats, Ws, wf, wt, private > 0, off, bias,
-                                out, sh, sw, relu, workspace[s0:s0 + LSCRATCH], g0)
+            # channels in the lanes (nnjit.kernels.conv_lanes)
+            _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace)
             return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
@@ -548,13 +506,9 @@ def _build(level, pointwise: bool):
     def each(make):
         return [make(w, min(w, width)) for w in WIDTHS]
 
-    from nnjit.kernels.conv_gradients import bordered_row_copy
-
     return with_globals(
         conv, _banded=banded_jit, _band_plan=band_plan_jit,
-        _over_channels=over_channels_jit, _lanes_plan=lanes_plan_jit,
-        _transpose_panel=transpose_panel(LNR, width), _lanes_task=lanes_task(LMR, LNR, width),
-        _copy_row=bordered_row_copy(width),
+        _over_channels=over_channels_jit, _lanes=lanes_convolution(level),
         _band_task=band_task(MR, NR, width, KC),
         _micro=_by_width("micro", "kc, w, r0, valid, k0, bp, c, crow0, col0, update",
                          each(lambda w, v: fc_micro_kernel(MR, w, v, clamped=True))),

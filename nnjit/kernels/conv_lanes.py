@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from nnjit.dispatch.registry import helper, with_globals
 from nnjit.kernels.codegen import define
@@ -94,6 +94,27 @@ def lanes_workspace(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, mr, nr, width
 
 
 @functools.lru_cache(maxsize=None)
+def bordered_row_copy(width: int):
+    """copy(d, src, left, count): d[e] = src[e - left] for left <= e < left + count, else 0,
+    over all of d, in whole masked vectors: the band rows of both gradients are short
+    (tens of floats), where a scalar copy loop with zero-fill loops costs a cycle a float."""
+    ops = vector_ops(width)
+
+    def copy(d, src, left, count):
+        n = d.shape[0]
+        e = 0
+        while e + width <= n:
+            vstore(d, e, vload_lanes(src, e - left, left - e, left + count - e))
+            e += width
+        if e < n:
+            vstore_lanes(d, e, vload_lanes(src, e - left, left - e, left + count - e), n - e)
+
+    return helper(with_globals(copy, width=width, vstore=ops["vstore"],
+                               vload_lanes=ops["vload_lanes"],
+                               vstore_lanes=ops["vstore_lanes"]))
+
+
+@functools.lru_cache(maxsize=None)
 def lanes_micro_kernel(rows: int, nr: int, width: int):
     """micro(R, wt, w0, src, base, off, sw, s): s[i * nr + j] = sum_r src[base + off[r] +
     i * sw] * wt[w0 + r * nr + j] for i < rows, j < nr."""
@@ -158,20 +179,42 @@ def transpose_panel(nr: int, width: int):
 
 
 @functools.lru_cache(maxsize=None)
+def flipped_panel(nr: int):
+    """pack(wf, wt, kp, w0, T): panel kp of W'^T for W'[k, c, t] = W[c, k, T - 1 - t]
+    (the kernel an input gradient correlates grad_output with), wf = W as (C, K * T):
+    wt[w0 + (c * T + t) * nr + j] = wf[c, (kp * nr + j) * T + T - 1 - t], zero past K.
+    Scalar: it reads T floats apart, and costs 1 / (2 * N * OH * OW) of the layer."""
+
+    def pack(wf, wt, kp, w0, T):
+        C = wf.shape[0]
+        K = wf.shape[1] // T
+        for c in range(C):
+            row = wf[c]
+            for t in range(T):
+                d = w0 + (c * T + t) * nr
+                for j in range(nr):
+                    k = kp * nr + j
+                    wt[d + j] = row[k * T + T - 1 - t] if k < K else 0
+
+    return helper(with_globals(pack, nr=nr))
+
+
+@functools.lru_cache(maxsize=None)
 def lanes_task(mr: int, nr: int, width: int):
-    """task(first, last, src, images, image, Ws, wf, wt, private, off, bias, out, sh, sw,
-    relu, s, n0): units first..last-1 of a group of images n0.. (unit = channel panel,
-    image, output row, in that order, each panel transposed from wf into the task's own
-    ``wt`` as its units begin, where ``private``; else, all of W^T in ``wt`` and in L2:
-    image, output row, channel panel, the row's image data reused from L1 by every
-    panel), the group's images read from src ``image`` floats apart, plane rows Ws floats
-    long."""
+    """task(first, last, src, images, image, Ws, wf, flip, T, wt, private, off, bias,
+    has_bias, out, sh, sw, relu, s, n0): units first..last-1 of a group of images n0..
+    (unit = channel panel, image, output row, in that order, each panel transposed from wf
+    (``flip``: flipped_panel's, T taps) into the task's own ``wt`` as its units begin,
+    where ``private``; else, all of W^T in ``wt`` and in L2: image, output row, channel
+    panel, the row's image data reused from L1 by every panel), the group's images read
+    from src ``image`` floats apart, plane rows Ws floats long."""
     micro = lanes_micro_any(mr, nr, width)
     pack = transpose_panel(nr, width)
+    pack_flipped = flipped_panel(nr)
     ops = vector_ops(width)
 
-    def task(first, last, src, images, image, Ws, wf, wt, private, off, bias, out, sh, sw,
-             relu, s, n0):
+    def task(first, last, src, images, image, Ws, wf, flip, T, wt, private, off, bias,
+             has_bias, out, sh, sw, relu, s, n0):
         K = out.shape[1]
         OH = out.shape[2]
         OW = out.shape[3]
@@ -187,7 +230,10 @@ def lanes_task(mr: int, nr: int, width: int):
                 n = u // OH - kp * images
                 oy = u % OH
                 if kp != have:
-                    pack(wf, wt, kp, 0)
+                    if flip:
+                        pack_flipped(wf, wt, kp, 0, T)
+                    else:
+                        pack(wf, wt, kp, 0)
                     have = kp
                 w0 = 0
             else:
@@ -208,12 +254,98 @@ def lanes_task(mr: int, nr: int, width: int):
                         lanes = min(width, rows - p0)
                         for j in range(min(width, K - kp * NR - j0)):
                             k = kp * NR + j0 + j
-                            v = vadd(vload(block, j * width), vsplat(bias[k]))
+                            v = vload(block, j * width)
+                            if has_bias:
+                                v = vadd(v, vsplat(bias[k]))
                             if relu:
                                 v = vmax(v, zero)
                             vstore_lanes(out[n0 + n, k, oy], ox0 + p0, v, lanes)
 
     task = with_globals(task, MR=mr, MRB=(mr + width - 1) // width * width, NR=nr, width=width,
-                        micro=micro, pack=pack, **ops)
+                        micro=micro, pack=pack, pack_flipped=pack_flipped, **ops)
     task.__qualname__ = task.__name__ = f"lanes_task_{mr}x{nr}"
     return helper(task)
+
+
+@functools.lru_cache(maxsize=None)
+def lanes_convolution(level):
+    """The channel-lanes convolution for one level, a parallel stage that kernels call:
+
+    conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace)
+
+    out = x correlated with w (K, C, KH, KW), plus the bias and ReLU; or, ``flip``, with
+    W'[k, c, i, j] = w[c, k, KH - 1 - i, KW - 1 - j] (w is then (C, K, KH, KW)): a
+    stride-1 input gradient is that correlation of grad_output padded by KH - 1 - pad_top
+    and KW - 1 - pad_left. ``workspace`` holds lanes_workspace(...) floats for the thread
+    count in effect (the count is read back from its length)."""
+    from nnjit.dispatch.registry import parallel_stage
+    from nnjit.kernels.gemm import blocking, tile_shape
+
+    kc, mc, nc = blocking(*tile_shape(level))
+    L2_FLOATS, L3_FLOATS = mc * kc, nc * kc
+    LMR, LNR = lanes_tile(level)
+    width = level.vector_floats
+    LSCRATCH = scratch_floats(LMR, LNR, width)
+
+    def conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace):
+        N = x.shape[0]
+        C = x.shape[1]
+        H = x.shape[2]
+        W = x.shape[3]
+        K = out.shape[1]
+        KH = w.shape[2]
+        KW = w.shape[3]
+        OH = out.shape[2]
+        OW = out.shape[3]
+        T = KH * KW
+        R = C * T
+        wf = w.reshape((w.shape[0], w.shape[1] * T))
+        shared, private, group, image, Hs, Ws = _lanes_plan(
+            N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, LNR, L2_FLOATS, L3_FLOATS)
+        fixed = shared + group * image
+        per_task = LSCRATCH + private
+        threads = max(1, (workspace.shape[0] - fixed) // per_task)
+        kpanels = (K + LNR - 1) // LNR
+        if shared:
+            for kp in prange(kpanels):
+                if flip:
+                    _pack_flipped(wf, workspace, kp, kp * R * LNR, T)
+                else:
+                    _pack(wf, workspace, kp, kp * R * LNR)
+        off = np.empty(R, np.uint64)
+        for r in range(R):
+            c = r // T
+            t = r - c * T
+            off[r] = c * Hs * Ws + (t // KW) * Ws + t % KW
+        planes = workspace[shared:fixed]
+        xall = x.reshape(N * C * H * W)
+        for g0 in range(0, N, group):
+            images = min(group, N - g0)
+            if image == 0:
+                src = xall[g0 * C * H * W:]
+                image_floats = C * H * W
+            else:
+                src = planes
+                image_floats = image
+                for nc in prange(images * C):
+                    n = nc // C
+                    c = nc - n * C
+                    for yy in range(Hs):
+                        iy = yy - pt
+                        d0 = nc * Hs * Ws + yy * Ws
+                        inside = 0 <= iy < H
+                        _copy_row(planes[d0:d0 + Ws], x[g0 + n, c, iy if inside else 0], pl,
+                                  max(0, min(W, Ws - pl)) if inside else 0)
+            units = kpanels * images * OH
+            for task in prange(threads):
+                s0 = fixed + task * per_task
+                wt = workspace[s0 + LSCRATCH:s0 + per_task] if private else workspace
+                _task(units * task // threads, units * (task + 1) // threads, src, images,
+                      image_floats, Ws, wf, flip, T, wt, private > 0, off, bias, has_bias,
+                      out, sh, sw, relu, workspace[s0:s0 + LSCRATCH], g0)
+
+    return parallel_stage(with_globals(
+        conv, L2_FLOATS=L2_FLOATS, L3_FLOATS=L3_FLOATS, LNR=LNR, LSCRATCH=LSCRATCH,
+        prange=prange, np=np, _lanes_plan=lanes_plan_jit, _pack=transpose_panel(LNR, width),
+        _pack_flipped=flipped_panel(LNR), _copy_row=bordered_row_copy(width),
+        _task=lanes_task(LMR, LNR, width)))
