@@ -197,7 +197,7 @@ def test_model_layers(rng, layer):
 
 
 # ------------------------------------------- stride 1: the forward channel-lanes path
-def flipped(level, c, k, kernel, padding, stride=1):
+def flipped(level, c, k, size, kernel, padding, stride=1):
     """Whether this input gradient runs as conv_lanes' correlation with the flipped kernel."""
     from nnjit.dispatch.isa import level_named
     from nnjit.kernels.conv_gradients import flipped_lanes
@@ -207,7 +207,7 @@ def flipped(level, c, k, kernel, padding, stride=1):
     lv = level_named(level)
     kc, mc, nc = blocking(*tile_shape(lv))
     top, _, _, left = _pads(padding)
-    return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, lanes_tile(lv)[1],
+    return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, size[1], *lanes_tile(lv),
                          mc * kc, nc * kc)
 
 
@@ -216,34 +216,36 @@ def test_input_gradient_flipped_lanes(level, rng):
     (the correlation's own padding KH - 1 down to 0), asymmetric, bottom and right padding
     past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
     a last channel panel partly past C, a batch; every thread count. Top or left padding
-    past the kernel, a stride, or too few channels take the phase GEMMs instead."""
+    past the kernel, a stride, too few channels, or rows that waste tile lanes take the
+    phase GEMMs instead."""
     import numba
 
     from nnjit.dispatch.isa import level_named
     from nnjit.kernels.conv_lanes import lanes_tile
 
-    nr = lanes_tile(level_named(level))[1]
+    mr, nr = lanes_tile(level_named(level))
     cases = [  # batch, C, K, size, kernel, padding
-        (2, nr, 6, (7, 9), (3, 3), 1),
-        (1, 4 * nr + 3, 5, (6, 6), (3, 3), 0),
-        (1, nr, 3, (5, 8), (3, 3), 2),
-        (1, 2 * nr, 4, (8, 7), (5, 3), (0, 2, 4, 1)),
-        (3, nr, 2, (6, 5), (3, 3), (1, 4, 5, 0)),       # bottom and right past the kernel
+        (2, nr, 6, (7, 2 * mr), (3, 3), 1),
+        (1, 4 * nr + 3, 5, (6, mr), (3, 3), 0),
+        (1, nr, 3, (5, mr), (3, 3), 2),
+        (1, 2 * nr, 4, (8, 3 * mr), (5, 3), (0, 2, 4, 1)),
+        (3, nr, 2, (6, mr), (3, 3), (1, 4, 5, 0)),      # bottom and right past the kernel
     ]
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             nnjit.set_num_threads(threads)
             for n, c, k, size, kernel, padding in cases:
-                assert flipped(level, c, k, kernel, padding), (c, k, kernel, padding)
+                assert flipped(level, c, k, size, kernel, padding), (c, k, size, padding)
                 assert input_gradient_error(rng, n, c, k, size, kernel, padding) < DIRECT
     finally:
         nnjit.set_num_threads(before)
-    for c, kernel, padding, stride in [(nr, (3, 3), (3, 0, 0, 0), 1),
-                                       (nr, (3, 3), (0, 0, 0, 3), 1),
-                                       (nr, (3, 3), 1, 2), (nr - 1, (3, 3), 1, 1)]:
-        assert not flipped(level, c, 4, kernel, padding, stride)
-        assert input_gradient_error(rng, 1, c, 4, (7, 7), kernel, padding, stride) < DIRECT
+    for c, size, padding, stride in [(nr, (7, mr), (3, 0, 0, 0), 1),
+                                     (nr, (7, mr), (0, 0, 0, 3), 1),
+                                     (nr, (7, mr), 1, 2), (nr - 1, (7, mr), 1, 1),
+                                     (nr, (7, mr + 1), 1, 1)]:     # 2 tiles, half idle
+        assert not flipped(level, c, 4, size, (3, 3), padding, stride)
+        assert input_gradient_error(rng, 1, c, 4, size, (3, 3), padding, stride) < DIRECT
 
 
 # ---------------------------------------------------------------------------- the API

@@ -121,15 +121,18 @@ _band_floats_jit = njit(with_globals(_band_floats, _phase=_phase_jit,
                                      _phase_band_rows=_phase_band_rows_jit))
 
 
-def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, nr, l2_floats, l3_floats) -> bool:
-    """Whether an input gradient runs as the forward channel-lanes path's correlation of
-    grad_output (K channels) with the flipped, transposed kernel (C output channels),
-    padded by KH - 1 - pad_top and KW - 1 - pad_left: stride 1, top and left padding
-    within the kernel (bottom and right ones past it only drop grad_output rows that
-    meet no input), and the shape conv_lanes.over_channels takes. Measured at batch 16
-    against the phase GEMMs below: 10-25% faster (the forward path's 7 x 32 tiles keep
-    the whole reduction in registers; these reload partial sums every KC)."""
-    return (sh == 1 and sw == 1 and pt < KH and pl < KW
+def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, mr, nr, l2_floats, l3_floats) -> bool:
+    """Whether an input gradient (input width W) runs as the forward channel-lanes path's
+    correlation of grad_output (K channels) with the flipped, transposed kernel (C output
+    channels), padded by KH - 1 - pad_top and KW - 1 - pad_left: stride 1, top and left
+    padding within the kernel (bottom and right ones past it only drop grad_output rows
+    that meet no input), the shape conv_lanes.over_channels takes, and rows that split
+    into tiles of MR pixels with under 5% of their lanes idle. The phase GEMMs below run
+    pixels across rows and images, without idle lanes: 12- and 13-wide rows (6 + 6,
+    7 + 6) were 6-9% slower on the lanes at one thread; 14- and 56-wide ones 0-10% faster
+    (batch 16, same-run A/B; at two threads 1-11% faster)."""
+    tiles = (W + mr - 1) // mr
+    return (sh == 1 and sw == 1 and pt < KH and pl < KW and 20 * W >= 19 * tiles * mr
             and over_channels(KH, KW, 1, 1, K, C, nr, l2_floats, l3_floats))
 
 
@@ -147,7 +150,7 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
     _, c, kh, kw = w.shape
     h, w_ = grad_input.shape[2:]
     kc, mc, nc = blocking(*tile_shape(level))
-    if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, nr, mc * kc, nc * kc):
+    if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, w_, mr, nr, mc * kc, nc * kc):
         return lanes_workspace(n, k, oh, ow, c, kh, kw, h, w_, 1, 1, kh - 1 - pt, kw - 1 - pl,
                                mr, nr, level.vector_floats, mc * kc, nc * kc,
                                get_num_threads())
@@ -214,7 +217,7 @@ def input_gradient_implicit_gemm(level):
         KW = w.shape[3]
         H = grad_input.shape[2]
         W = grad_input.shape[3]
-        if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, NR, L2_FLOATS, L3_FLOATS):
+        if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, MR, NR, L2_FLOATS, L3_FLOATS):
             # w's elements, as the (unread) bias argument of the stage's forward signature
             _lanes(grad_output, w, True, w.reshape(K * C * KH * KW), False, grad_input, 1, 1,
                    KH - 1 - pt, KW - 1 - pl, False, workspace)
