@@ -17,7 +17,8 @@ import nnjit
 from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
 from nnjit.kernels.conv_band import banded
-from nnjit.kernels.conv_forward import panel_widths, tail_panels
+from nnjit.kernels.conv_dot import dot_tile, dotted
+from nnjit.kernels.conv_forward import panel_lanes, panel_widths, tail_panels
 from nnjit.kernels.conv_lanes import lanes_plan, lanes_tile, over_channels
 from nnjit.kernels.gemm import blocking, tile_shape
 
@@ -315,6 +316,71 @@ def test_channel_lanes_threads_and_groups(best, rng):
         nnjit.set_num_threads(before)
 
 
+# ------------------------------------------------- 1x1, few pixels: dot products
+
+def dots(level, batch, channels, side, padding=0, stride=1):
+    """Whether this 1x1 layer runs as dot products (nnjit.kernels.conv_dot) at ``level``."""
+    lv = level_named(level)
+    mr, nr = tile_shape(lv)
+    kc, mc, _ = blocking(mr, nr)
+    oh, ow = (out_side(s, 1, p, st) for s, p, st in
+              zip(pair(side), pads2(padding), pair(stride)))
+    vector = lv.vector_floats
+    lanes = panel_lanes(oh * ow, nr, tail_panels(panel_widths(lv), vector), vector)
+    return dotted(1, 1, batch * oh * ow, batch * lanes, channels, mc * kc)
+
+
+def out_side(size, kernel, pads, stride):
+    return (size + pads[0] + pads[1] - kernel) // stride + 1
+
+
+def pads2(padding):
+    top, right, bottom, left = pads4(padding)
+    return (top, bottom), (left, right)
+
+
+def test_dot_product_path(level, rng):
+    """1x1 layers of few pixels as dot products of W's rows with x^T's: a channel panel
+    partly past K and one pixel group short of J (every short count), C not a whole number
+    of vectors, a batch, stride and padding (x^T gathered), both algorithms. The cases that
+    the rule sends elsewhere at narrower levels still check out there."""
+    mr, j = dot_tile(level_named(level))
+    cases = [  # batch, C, K, size, padding, stride
+        (1, 400, 3 * mr + 2, 7, 0, 1),          # 49 pixels
+        (1, 515, mr - 1, 1, 0, 1),              # one pixel
+        (2, 1000, mr + 1, (3, 5), 0, 1),        # 15 pixels an image
+        (1, 800, 2, (4, 6), 0, 1),              # 24
+        (1, 1000, mr, (5, 6), (1, 0, 0, 1), 1),     # padded: 42 pixels
+        (1, 512, 9, 9, 1, 2),                   # stride 2, padded: 36
+        (2, 700, 4, (5, 9), 0, (1, 2)),
+    ]
+    for batch, c, k, size, padding, stride in cases:
+        if level == BEST:
+            assert dots(level, batch, c, size, padding, stride), (batch, c, size)
+        for algorithm in ("auto", "implicit_gemm"):
+            check(rng, OUT if batch > 1 else INF, batch, c, k, size, 1, padding, stride,
+                  algorithm=algorithm)
+    assert dots(level, 1, 515, 1)
+    # whole pixel panels, few channels: the pixel-lanes GEMM
+    assert not dots(level, 1, 512, 8) and not dots(level, 1, 40, 7)
+
+
+def test_dot_product_threads(best, rng):
+    """The dot-product path at every thread count: tasks split (channel panel, image,
+    pixel group) tiles, runs starting inside a panel and inside an image."""
+    import numba
+
+    assert dots(best, 3, 1000, (3, 5)) and dots(best, 1, 1024, 7)
+    before = nnjit.get_num_threads()
+    try:
+        for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            nnjit.set_num_threads(threads)
+            check(rng, OUT, 3, 1000, 13, (3, 5), 1)
+            check(rng, INF, 1, 1024, 50, 7, 1)
+    finally:
+        nnjit.set_num_threads(before)
+
+
 # ------------------------------------------------------------------- direct (1x1)
 
 def direct_cases(level):
@@ -324,7 +390,7 @@ def direct_cases(level):
     mr, nr = tile_shape(level_named(level))
     return [(mr, mr, 8), (1, 1, 8), (mr - 1, 3, 8), (3 * mr, mr, 8), (mr, 5 * mr, 8),
             (5 * mr, 3 * mr, 8), (mr + 1, mr + 1, (3, 7)), (mr + 1, mr + 1, (7, 5)),
-            (mr + 1, mr + 1, (1, 1)), (700, mr + 1, (4, 5))]
+            (mr + 1, mr + 1, (1, 1)), (700, mr + 1, (4, 8))]
 
 
 def test_direct_1x1(level, rng):

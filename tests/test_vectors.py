@@ -1,5 +1,6 @@
 """The masked vector loads and store the im2col packer relies on: lanes outside [lo, hi) (or
-past n) give zeros and leave memory as it was, for every vector width the levels use."""
+past n) give zeros and leave memory as it was, for every vector width the levels use; and
+the lane sums the dot-product kernels end with."""
 import numpy as np
 import pytest
 from numba import njit
@@ -57,3 +58,27 @@ def test_masked_store_writes_only_its_lanes(width_ops):
         want = np.full(3 * width, -1, np.float32)
         want[width:width + n] = x[:n]
         np.testing.assert_array_equal(out, want, err_msg=f"n={n}")
+
+
+def test_lane_sums(width_ops, rng):
+    """vsum: one vector's lanes; vsum4: four vectors' sums as one 4-lane vector, in order.
+    Vector i holds (i + 1) times distinct powers of two (integers below 2**24, so every sum
+    is exact): a lane dropped, counted twice or added into another vector's sum shows."""
+    width = width_ops[0]
+    ops, quad = vector_ops(width), vector_ops(4)
+    vload, vsum, vsum4, qstore = ops["vload"], ops["vsum"], ops["vsum4"], quad["vstore"]
+
+    @njit
+    def sums(x, out):
+        for i in range(4):
+            out[i] = vsum(vload(x, i * width))
+        qstore(out, 4, vsum4(vload(x, 0), vload(x, width), vload(x, 2 * width),
+                             vload(x, 3 * width)))
+
+    x = np.concatenate([(i + 1) * 2.0 ** rng.permutation(width) for i in range(4)])
+    x = x.astype(np.float32)
+    out = np.empty(8, np.float32)
+    sums(x, out)
+    want = x.astype(np.float64).reshape(4, width).sum(axis=1)
+    np.testing.assert_array_equal(out[:4], want)
+    np.testing.assert_array_equal(out[4:], want)

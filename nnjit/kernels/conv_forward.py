@@ -4,7 +4,8 @@ out[n] (K x OH*OW) = W (K x R) @ im2col(x[n]) (R x OH*OW), R = C*KH*KW.
 Two algorithms, one engine (nnjit.kernels.gemm's register-blocked micro-kernel, tile shape
 and NNPACK's cache budgets, reference/nnpack.md 5.3). Layers with a kernel wider than one
 tap and enough output channels run transposed instead, output channels in the lanes
-(nnjit.kernels.conv_lanes: no packing of the image at all); the rest as below.
+(nnjit.kernels.conv_lanes: no packing of the image at all), and 1x1 layers of few pixels
+as dot products (nnjit.kernels.conv_dot: no lane idle on a short tail); the rest as below.
 
 - ``implicit_gemm``: any kernel size, stride, padding and batch. The im2col matrix is never
   built: each NR-pixel x KC-row B micro-panel is packed on the fly, in the task that uses it,
@@ -38,11 +39,12 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
+from nnjit.kernels.conv_dot import dot_convolution, dot_workspace, dotted, dotted_jit
 from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace,
                                       over_channels, over_channels_jit)
 from nnjit.kernels.fully_connected import fc_micro_kernel
@@ -78,6 +80,11 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
         return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
                                out.shape[3], sh, sw, rest[2], rest[3], lmr, lnr,
                                level.vector_floats, mc * kc, l3_floats, threads)
+    p = out.shape[2] * out.shape[3]
+    vector = level.vector_floats
+    lanes = panel_lanes(p, nr, tail_panels(panel_widths(level), vector), vector)
+    if dotted(kh, kw, n * p, n * lanes, c, mc * kc):
+        return dot_workspace(n * p, c)
     if banded(sh, sw, kh, kw, out.shape[2], out.shape[3], c, k, kc, mr, nr, mc * kc, False):
         band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
                                nr, mc * kc)[3:]
@@ -279,6 +286,18 @@ def tail_panels(widths: tuple[int, ...], vector: int) -> tuple[tuple[int, int], 
     return tuple(table)
 
 
+def panel_lanes(pixels, nr, tails, vector):
+    """The lanes of the panels an image's pixels take (tail panels narrower than a vector
+    counted 4/3 a lane, as tail_panels weighs them)."""
+    lanes = pixels // nr * nr
+    for w in tails[pixels % nr]:
+        lanes += w * 4 / 3 if w < vector else w
+    return lanes
+
+
+panel_lanes_jit = njit(inline="always")(panel_lanes)
+
+
 def _by_width(name: str, params: str, functions: list) -> object:
     """An inlined dispatcher name(which, params...): calls functions[which](params...)."""
     lines = [f"def {name}(which, {params}):"]
@@ -302,6 +321,7 @@ def _build(level, pointwise: bool):
     WIDTHS = panel_widths(level)
     TAILS = tail_panels(WIDTHS, level.vector_floats)
     NW = len(WIDTHS)
+    VECTOR = level.vector_floats
 
     def conv(x, w, bias, out, sh, sw, pt, pl, relu, workspace):
         N = x.shape[0]
@@ -334,6 +354,10 @@ def _build(level, pointwise: bool):
         if LANES and _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
             # channels in the lanes (nnjit.kernels.conv_lanes)
             _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace)
+            return
+        if _dotted(KH, KW, N * P, N * _panel_lanes(P, NR, TAILS, VECTOR), C, L2_FLOATS):
+            # few pixels: dot products (nnjit.kernels.conv_dot)
+            _dot(x, w, bias, out, sh, sw, pt, pl, relu, workspace)
             return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
@@ -507,7 +531,8 @@ def _build(level, pointwise: bool):
         return [make(w, min(w, width)) for w in WIDTHS]
 
     return with_globals(
-        conv, _banded=banded_jit, _band_plan=band_plan_jit,
+        conv, _banded=banded_jit, _dotted=dotted_jit, _dot=dot_convolution(level),
+        _panel_lanes=panel_lanes_jit, _band_plan=band_plan_jit,
         _over_channels=over_channels_jit, _lanes=lanes_convolution(level),
         _band_task=band_task(MR, NR, width, KC),
         _micro=_by_width("micro", "kc, w, r0, valid, k0, bp, c, crow0, col0, update",

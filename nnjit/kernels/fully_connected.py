@@ -98,30 +98,11 @@ def _pointer(context, builder, aryty, ary, index):
 
 @functools.lru_cache(maxsize=None)
 def fc_vector_ops(width: int, native_f16: bool):
-    """(vsum, vload_h, load_h) for <width x float>:
-    vsum(v): the sum of v's lanes (a shuffle-halving tree);
+    """(vload_h, load_h) for <width x float>:
     vload_h(row, i): width IEEE halves row[i:i+width] (a 1-D uint16 array), as floats;
     load_h(row, i): one half row[i] as a float32."""
     vty = F32Vector(width)
     f32, i16, i32 = ir.FloatType(), ir.IntType(16), ir.IntType(32)
-
-    @intrinsic
-    def vsum(typingctx, v):
-        if v != vty:
-            return None
-
-        def codegen(context, builder, signature, args):
-            value, lanes = args[0], width
-            while lanes > 1:
-                half = lanes // 2
-                undef = ir.Constant(ir.VectorType(f32, lanes), ir.Undefined)
-                low = builder.shuffle_vector(value, undef, ir.Constant(
-                    ir.VectorType(i32, half), list(range(half))))
-                high = builder.shuffle_vector(value, undef, ir.Constant(
-                    ir.VectorType(i32, half), list(range(half, lanes))))
-                value, lanes = builder.fadd(low, high), half
-            return builder.extract_element(value, ir.Constant(i32, 0))
-        return types.float32(vty), codegen
 
     @intrinsic
     def vload_h(typingctx, arr, index):
@@ -144,7 +125,7 @@ def fc_vector_ops(width: int, native_f16: bool):
             return _half_to_float(builder, builder.load(ptr), native_f16)
         return types.float32(arr, index), codegen
 
-    return vsum, vload_h, load_h
+    return vload_h, load_h
 
 
 # ----------------------------------------------------------------------------- GEMV
@@ -172,9 +153,9 @@ def dot_rows(rows: int, width: int, half: bool, native_f16: bool):
     lines.append("        xk = xt[k]")
     lines += [f"        s{i} += {scalar.format(w=f't{i}')} * xk" for i in range(rows)]
     lines += [f"    out[r0 + {i}] = s{i}" for i in range(rows)]
-    vsum, vload_h, load_h = fc_vector_ops(width, native_f16)
+    vload_h, load_h = fc_vector_ops(width, native_f16)
     dots = define(lines, __file__,
-                  dict(vector_ops(width), vsum=vsum, vload_h=vload_h, load_h=load_h),
+                  dict(vector_ops(width), vload_h=vload_h, load_h=load_h),
                   f"dots_{rows}x{width}{'_f16' if half else ''}")
     return helper(dots, fastmath={"contract"})
 

@@ -1,5 +1,5 @@
 """Explicit LLVM vector values for kernels: <width x float> as a Numba type, and intrinsics
-on it (zero, splat, load, store, fused multiply-add, add, maximum) plus a prefetch.
+on it (zero, splat, load, store, fused multiply-add, add, maximum, lane sum) plus a prefetch.
 
 Numba has no vector type and ships with LLVM's SLP vectoriser off, so values that must stay
 in vector registers (a GEMM micro-kernel's accumulators) or loops whose trip count is not a
@@ -36,7 +36,7 @@ def _element_pointer(context, builder, aryty, ary, index):
 @functools.lru_cache(maxsize=None)
 def vector_ops(width: int) -> dict:
     """Intrinsics on <width x float>, by name: vzero, vsplat, vload, vstore, vfma, vadd,
-    vmax, vload_even, the masked loads vload_lanes / vload_even_lanes, the masked
+    vmax, the lane sums vsum and vsum4, vload_even, the masked loads vload_lanes / vload_even_lanes, the masked
     store vstore_lanes and the block transpose vtranspose_copy. The loads and
     stores take a 1-D C-contiguous float32 array and an element index (unaligned)."""
     vty = F32Vector(width)
@@ -232,6 +232,62 @@ def vector_ops(width: int) -> dict:
         return types.none(arr, index, value, n), codegen
 
     @intrinsic
+    def vsum(typingctx, v):
+        """The sum of v's lanes (a shuffle-halving tree)."""
+        if v != vty:
+            return None
+
+        def codegen(context, builder, signature, args):
+            value, lanes = args[0], width
+            while lanes > 1:
+                half = lanes // 2
+                undef = ir.Constant(ir.VectorType(ir.FloatType(), lanes), ir.Undefined)
+                low = builder.shuffle_vector(value, undef, ir.Constant(
+                    ir.VectorType(i32, half), list(range(half))))
+                high = builder.shuffle_vector(value, undef, ir.Constant(
+                    ir.VectorType(i32, half), list(range(half, lanes))))
+                value, lanes = builder.fadd(low, high), half
+            return builder.extract_element(value, ir.Constant(i32, 0))
+        return types.float32(vty), codegen
+
+    @intrinsic
+    def vsum4(typingctx, a, b, c, d):
+        """<4 x float> of the lane sums of a, b, c and d (width >= 4): pairs of vectors
+        trade halves of their lane groups and add (a vector then holds both vectors'
+        partial sums in groups half as wide), then the four groups narrow to one lane each:
+        about a third of the shuffles and adds of four separate vsum trees."""
+        if not (a == b == c == d == vty) or width < 4:
+            return None
+        quad = F32Vector(4)
+
+        def codegen(context, builder, signature, args):
+            vectors, group = list(args), width
+            while len(vectors) > 1:
+                half = group // 2
+                starts = range(0, width, group)
+                lo = [s + e for s in starts for e in range(half)]
+                lo += [width + i for i in lo]
+                hi = [i + half for i in lo]
+                vectors = [builder.fadd(
+                    builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, width), lo)),
+                    builder.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, width), hi)))
+                    for x, y in zip(vectors[::2], vectors[1::2])]
+                group = half
+            value, lanes = vectors[0], width
+            while lanes > 4:
+                group, half = lanes // 4, lanes // 8
+                lo = [g * group + e for g in range(4) for e in range(half)]
+                undef = ir.Constant(ir.VectorType(ir.FloatType(), lanes), ir.Undefined)
+                value = builder.fadd(
+                    builder.shuffle_vector(value, undef, ir.Constant(
+                        ir.VectorType(i32, lanes // 2), lo)),
+                    builder.shuffle_vector(value, undef, ir.Constant(
+                        ir.VectorType(i32, lanes // 2), [i + half for i in lo])))
+                lanes //= 2
+            return value
+        return quad(vty, vty, vty, vty), codegen
+
+    @intrinsic
     def vtranspose_copy(typingctx, dst, d0, dstride, src, s0, sstride):
         """dst[d0 + j * dstride + i] = src[s0 + i * sstride + j] for i, j < width: a
         width x width block transposed in registers (width loads, log2(width) rounds of
@@ -272,7 +328,7 @@ def vector_ops(width: int) -> dict:
         return types.none(dst, d0, dstride, src, s0, sstride), codegen
 
     return dict(vzero=vzero, vsplat=vsplat, vload=vload, vstore=vstore, vfma=vfma, vadd=vadd,
-                vmax=vmax, vload_even=vload_even, vload_lanes=vload_lanes,
+                vmax=vmax, vsum=vsum, vsum4=vsum4, vload_even=vload_even, vload_lanes=vload_lanes,
                 vload_even_lanes=vload_even_lanes, vstore_lanes=vstore_lanes,
                 vtranspose_copy=vtranspose_copy)
 
