@@ -135,13 +135,8 @@ def dot_convolution(level):
     width = level.vector_floats
 
     def conv(x, w, bias, out, sh, sw, pt, pl, relu, workspace):
-        N = x.shape[0]
-        C = x.shape[1]
-        H = x.shape[2]
-        W = x.shape[3]
-        K = w.shape[0]
-        OH = out.shape[2]
-        OW = out.shape[3]
+        N, C, H, W = x.shape
+        K, OH, OW = out.shape[1:]
         P = OH * OW
         Q = N * P
         CS = _row_floats(C)
