@@ -9,8 +9,9 @@ Here both operands are read as vectors along the reduction: W's rows as they are
 pixel's channel vector from x^T (pixels x C), which the call transposes first (few pixels:
 a small copy). A tile of MR channels x J pixels holds MR * J vector accumulators over all
 of C, MR + J loads per MR * J FMAs, and ends with one horizontal sum per output, stored
-with the bias and ReLU. Tiles go channel panel by channel panel: a panel's rows of W stay
-in L1 while x^T (in L2) streams past, and each thread reads its share of W once.
+with the bias and ReLU. Tiles go channel panel by channel panel: a panel's rows of W are
+reused, from L1 or L2, by every pixel group while x^T (in L2) streams past, and each thread
+reads its share of W from memory once.
 """
 from __future__ import annotations
 
