@@ -187,6 +187,31 @@ def test_threads_setting_is_used_and_validated():
 
 
 
+def test_workspace_sizes_are_remembered_per_shape_and_thread_count(monkeypatch):
+    """A layer call works its workspace size out once per (kernel, level, thread count,
+    argument shapes and scalars), then reuses it; any change of those recomputes it, and
+    what it returns is the kernel's own size."""
+    from nnjit.layers import plan
+
+    monkeypatch.setattr(plan, "_workspace_sizes", {})
+    calls = []
+
+    def size(level, x, w, stride):
+        calls.append((x.shape, stride))
+        return x.size * stride + w.shape[0]
+
+    level = nnjit.get_isa()
+    x, w = np.ones((2, 3), np.float32), np.ones((4, 3), np.float32)
+
+    def floats(threads, x=x, stride=1):
+        return plan._workspace_floats(size, "op", "alg", level, threads, (x, w, stride))
+    assert floats(2) == 6 + 4 and floats(2) == 10 and len(calls) == 1
+    assert floats(1) == 10 and len(calls) == 2                  # another thread count
+    assert floats(2, stride=3) == 22 and len(calls) == 3        # another scalar
+    assert floats(2, x=np.ones((5, 3), np.float32)) == 19 and len(calls) == 4
+    assert floats(2, x=np.zeros((2, 3), np.float32)) == 10 and len(calls) == 4  # same shape
+
+
 def test_first_call_keeps_the_callers_openmp_settings():
     """Numba's OpenMP layer starts by setting the thread count and nesting of the OpenMP
     runtime loaded globally (PyTorch's, in a torch program): nnjit puts them back."""

@@ -45,8 +45,10 @@ class KernelSpec:
     description: str = ""
     multiply_adds: bool = False             # has a*b+c the avx2/avx512 code must fuse (FMA)
     # workspace(level, *args) -> float32 elements of scratch the kernel needs for these
-    # arguments; such a kernel takes a trailing 1-D float32 workspace argument, which callers
-    # take from workspace_buffer() (reused per thread: no page faults per call).
+    # arguments, a function of the level, the thread count in effect and the arguments'
+    # shapes and scalar values only (layers remember it per those); such a kernel takes a
+    # trailing 1-D float32 workspace argument, which callers take from workspace_buffer()
+    # (reused per thread: no page faults per call).
     workspace: Callable | None = None
 
     @property

@@ -11,6 +11,8 @@ import functools
 import threading
 from dataclasses import dataclass
 
+import numpy as np
+
 from nnjit.dispatch import policy, registry
 from nnjit.dispatch.isa import IsaLevel
 
@@ -56,16 +58,34 @@ class Plan:
         return Decision(*self.parts)
 
     def run(self):
-        operation, algorithm, _, level = self.parts[:4]
+        operation, algorithm, _, level, _, threads = self.parts[:6]
         compiled = registry.variant(operation, algorithm, level)
         args = self.kernel_args
         workspace = registry.spec(operation, algorithm).workspace
         if workspace is not None:
-            args += (registry.workspace_buffer(workspace(level, *args)),)
+            args += (registry.workspace_buffer(_workspace_floats(
+                workspace, operation, algorithm, level, threads, args)),)
         policy.apply_num_threads()
         compiled(*args)
         _last.parts = self.parts
         return self.result
+
+
+# Workspace sizes by (kernel, level, threads, the arguments' shapes and scalars): a size
+# depends on nothing else, and working it out (tile shapes, cache budgets, which route a
+# convolution takes) costs several microseconds a call, a tenth of a small layer's call.
+_workspace_sizes: dict = {}
+
+
+def _workspace_floats(workspace, operation, algorithm, level, threads, args) -> int:
+    key = (operation, algorithm, level, threads) + tuple(
+        (a.shape, a.dtype) if isinstance(a, np.ndarray) else a for a in args)
+    floats = _workspace_sizes.get(key)
+    if floats is None:
+        if len(_workspace_sizes) >= 4096:       # bounded: shapes a long run has left behind
+            _workspace_sizes.clear()
+        floats = _workspace_sizes[key] = workspace(level, *args)
+    return floats
 
 
 def decide(operation: str, algorithm: str, algorithm_reason: str, arguments: dict,
