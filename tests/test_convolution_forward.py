@@ -19,7 +19,7 @@ from nnjit.kernels import reference
 from nnjit.kernels.conv_band import banded
 from nnjit.kernels.conv_dot import dot_tile, dotted
 from nnjit.kernels.conv_forward import panel_lanes, panel_widths, tail_panels
-from nnjit.kernels.conv_lanes import lanes_plan, lanes_tile, over_channels
+from nnjit.kernels.conv_lanes import lanes_plan, lanes_tile, long_tile, over_channels
 from nnjit.kernels.gemm import blocking, tile_shape
 
 TOLERANCE = 1e-5
@@ -266,10 +266,16 @@ def test_channel_lanes_path(level, rng):
     """Output channels in the lanes (nnjit.kernels.conv_lanes): W^T panels transposed per
     call, pixels broadcast from zero-bordered planes or, unpadded, from the image itself;
     a last channel panel partly past K; output rows narrower than MR, MR + 1 wide, and split
-    into unequal tiles; strides, asymmetric and oversized padding, non-square kernels, a
-    batch, and an image larger than the output needs."""
+    into unequal tiles; at strides 1 and 2, rows of whole long tiles and long tiles with a
+    rest, and a stride-3 row as long; strides, asymmetric and oversized padding, non-square
+    kernels, a batch, and an image larger than the output needs."""
     mr, nr = lanes_tile(level_named(level))
+    long = long_tile(level_named(level))
     cases = [  # batch, C, K, size, kernel, padding, stride
+        (1, 3, nr, (7, 2 * long + 5), 3, 1, 1),     # OW = 2 LONG + 5
+        (2, 4, 2 * nr, (8, 2 * long + 7), 3, 0, 2),  # in place, OW = LONG + 3
+        (1, 3, 4 * nr + 5, (9, 4 * long - 1), 3, 1, 2),  # OW = 2 LONG
+        (1, 2, nr, (5, 3 * long + 10), 3, 1, 3),    # OW = LONG + 4, runtime stride
         (1, 3, nr, (20, 23), 7, 3, 2),
         (2, 5, 4 * nr + 3, (9, 13), 3, 1, 1),
         (3, 4, 2 * nr, (11, 17), (3, 5), 0, (1, 2)),

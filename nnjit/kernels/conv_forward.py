@@ -45,7 +45,7 @@ from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
 from nnjit.kernels.conv_dot import dot_convolution, dot_workspace, dotted, dotted_jit
-from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace,
+from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace, long_tile,
                                       over_channels, over_channels_jit)
 from nnjit.kernels.fully_connected import fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
@@ -74,11 +74,11 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     sh, sw = rest[0], rest[1]
     mr, nr = tile_shape(level)
     kc, mc, nc = blocking(mr, nr)
-    lmr, lnr = lanes_tile(level)
+    lnr = lanes_tile(level)[1]
     l3_floats = kc * nc
     if over_channels(kh, kw, sh, sw, c, k, lnr, mc * kc, l3_floats):
         return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
-                               out.shape[3], sh, sw, rest[2], rest[3], lmr, lnr,
+                               out.shape[3], sh, sw, rest[2], rest[3], long_tile(level), lnr,
                                level.vector_floats, mc * kc, l3_floats, threads)
     p = out.shape[2] * out.shape[3]
     vector = level.vector_floats

@@ -44,7 +44,8 @@ from nnjit.dispatch.registry import helper, kernel, with_globals
 from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step, prefetch_tile,
                                    store_tile)
 from nnjit.kernels.conv_lanes import (bordered_row_copy, lanes_convolution, lanes_tile,
-                                      lanes_workspace, over_channels, over_channels_jit)
+                                      lanes_workspace, long_tile, over_channels,
+                                      over_channels_jit)
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -152,7 +153,7 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
     kc, mc, nc = blocking(*tile_shape(level))
     if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, w_, mr, nr, mc * kc, nc * kc):
         return lanes_workspace(n, k, oh, ow, c, kh, kw, h, w_, 1, 1, kh - 1 - pt, kw - 1 - pl,
-                               mr, nr, level.vector_floats, mc * kc, nc * kc,
+                               long_tile(level), nr, level.vector_floats, mc * kc, nc * kc,
                                get_num_threads())
     wg = _band_width(kw, w_, ow, sw, pl)
     cp = _cdiv(c, nr) * nr
