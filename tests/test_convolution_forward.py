@@ -268,7 +268,8 @@ def test_channel_lanes_path(level, rng):
     a last channel panel partly past K; output rows narrower than MR, MR + 1 wide, and split
     into unequal tiles; at strides 1 and 2, rows of whole long tiles and long tiles with a
     rest, and a stride-3 row as long; strides, asymmetric and oversized padding, non-square
-    kernels, a batch, and an image larger than the output needs."""
+    kernels, a batch, an image larger than the output needs; 1x1 stride-1 layers of long
+    reductions or no more channels out than in, both algorithms, and their declines."""
     mr, nr = lanes_tile(level_named(level))
     long = long_tile(level_named(level))
     cases = [  # batch, C, K, size, kernel, padding, stride
@@ -286,11 +287,16 @@ def test_channel_lanes_path(level, rng):
         (1, 4, nr, 10, 3, 0, 3),                    # in place, rows past the output's
         (2, 5, nr, (9, 12), 1, 0, 2),               # 1x1 stride 2, in place
         (1, 5, nr, (9, 12), 1, 1, (2, 3)),          # 1x1 strided and padded
+        (2, 256, nr, (9, 2 * long + 3), 1, 0, 1),  # 1x1 stride 1: C >= 256
+        (1, 40, nr, (6, long + 5), 1, 1, 1),        # K <= C, padded
     ]
     for batch, c, k, size, kernel, padding, stride in cases:
         assert lanes(level, kernel, c, k, stride), (batch, c, k, size)
-        check(rng, OUT if batch > 1 else INF, batch, c, k, size, kernel, padding, stride)
-    assert not lanes(level, 1, 8, nr)
+        assert kernel != 1 or not dots(level, batch, c, size, padding, stride)
+        for algorithm in ("auto", "implicit_gemm") if (kernel, stride) == (1, 1) else ("auto",):
+            check(rng, OUT if batch > 1 else INF, batch, c, k, size, kernel, padding, stride,
+                  algorithm=algorithm)
+    assert not lanes(level, 1, nr, 2 * nr) and not lanes(level, 1, 2 * nr, 4 * nr)
 
 
 def test_channel_lanes_threads_and_groups(best, rng):

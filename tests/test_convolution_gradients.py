@@ -215,9 +215,9 @@ def test_input_gradient_flipped_lanes(level, rng):
     """Stride-1 input gradients on the forward path's channel lanes: padding 0 to KH - 1
     (the correlation's own padding KH - 1 down to 0), asymmetric, bottom and right padding
     past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
-    a last channel panel partly past C, a batch; every thread count. Top or left padding
-    past the kernel, a stride, too few channels, or rows that waste tile lanes take the
-    phase GEMMs instead."""
+    a last channel panel partly past C, a batch, a 1x1 kernel; every thread count. Top or
+    left padding past the kernel, a stride, too few channels, a 1x1 kernel with more
+    channels out than in, or rows that waste tile lanes take the phase GEMMs instead."""
     import numba
 
     from nnjit.dispatch.isa import level_named
@@ -230,6 +230,7 @@ def test_input_gradient_flipped_lanes(level, rng):
         (1, nr, 3, (5, mr), (3, 3), 2),
         (1, 2 * nr, 4, (8, 3 * mr), (5, 3), (0, 2, 4, 1)),
         (3, nr, 2, (6, mr), (3, 3), (1, 4, 5, 0)),      # bottom and right past the kernel
+        (1, nr, 2 * nr, (5, 2 * mr), (1, 1), 0),        # 1x1: no more channels out than in
     ]
     before = nnjit.get_num_threads()
     try:
@@ -246,6 +247,8 @@ def test_input_gradient_flipped_lanes(level, rng):
                                      (nr, (7, mr + 1), 1, 1)]:     # 2 tiles, half idle
         assert not flipped(level, c, 4, size, (3, 3), padding, stride)
         assert input_gradient_error(rng, 1, c, 4, size, (3, 3), padding, stride) < DIRECT
+    assert not flipped(level, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0)   # 1x1, 64 -> 128
+    assert input_gradient_error(rng, 1, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0) < DIRECT
 
 
 # ---------------------------------------------------------------------------- the API

@@ -74,17 +74,17 @@ def workspace_floats(level, x, w, bias, out, *rest) -> int:
     sh, sw = rest[0], rest[1]
     mr, nr = tile_shape(level)
     kc, mc, nc = blocking(mr, nr)
+    p = out.shape[2] * out.shape[3]
+    vector = level.vector_floats
+    lanes = panel_lanes(p, nr, tail_panels(panel_widths(level), vector), vector)
+    if dotted(kh, kw, n * p, n * lanes, c, mc * kc):
+        return dot_workspace(n * p, c)
     lnr = lanes_tile(level)[1]
     l3_floats = kc * nc
     if over_channels(kh, kw, sh, sw, c, k, lnr, mc * kc, l3_floats):
         return lanes_workspace(n, c, x.shape[2], x.shape[3], k, kh, kw, out.shape[2],
                                out.shape[3], sh, sw, rest[2], rest[3], long_tile(level), lnr,
                                level.vector_floats, mc * kc, l3_floats, threads)
-    p = out.shape[2] * out.shape[3]
-    vector = level.vector_floats
-    lanes = panel_lanes(p, nr, tail_panels(panel_widths(level), vector), vector)
-    if dotted(kh, kw, n * p, n * lanes, c, mc * kc):
-        return dot_workspace(n * p, c)
     if banded(sh, sw, kh, kw, out.shape[2], out.shape[3], c, k, kc, mr, nr, mc * kc, False):
         band, tile = band_plan(n, c, k, out.shape[2], out.shape[3], kh, kw, threads, kc, mr,
                                nr, mc * kc)[3:]
@@ -316,7 +316,7 @@ def _build(level, pointwise: bool):
     L3_FLOATS = NC * KC     # and its L3 budget
     BP = panel_floats(level)
     POINTWISE = pointwise
-    BANDS = LANES = not pointwise     # constants: direct's kernel compiles neither path
+    BANDS = not pointwise     # a constant: direct's kernel does not compile the bands
     LNR = lanes_tile(level)[1]
     WIDTHS = panel_widths(level)
     TAILS = tail_panels(WIDTHS, level.vector_floats)
@@ -351,13 +351,13 @@ def _build(level, pointwise: bool):
         n_panels = full_panels + (tail0 > 0) + (tail1 > 0)
         # 1x1 stride 1 unpadded: the image's rows are B's rows (no im2col geometry).
         general = (not POINTWISE) or pt != 0 or pl != 0 or OH != H or OW != W
-        if LANES and _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
-            # channels in the lanes (nnjit.kernels.conv_lanes)
-            _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace)
-            return
         if _dotted(KH, KW, N * P, N * _panel_lanes(P, NR, TAILS, VECTOR), C, L2_FLOATS):
             # few pixels: dot products (nnjit.kernels.conv_dot)
             _dot(x, w, bias, out, sh, sw, pt, pl, relu, workspace)
+            return
+        if _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
+            # channels in the lanes (nnjit.kernels.conv_lanes)
+            _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace)
             return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
@@ -560,5 +560,6 @@ def implicit_gemm(level):
         workspace=workspace_floats)
 def direct(level):
     """1x1 stride 1: W (K x C) @ x[n] (C x H*W), the image's rows packed as they are
-    (padding, if any, through the implicit GEMM packer)."""
+    (padding, if any, through the implicit GEMM packer); or, where over_channels takes
+    the layer, x[n]^T @ W^T with the pixels broadcast from x in place (conv_lanes)."""
     return _build(level, pointwise=True)

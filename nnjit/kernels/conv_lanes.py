@@ -57,15 +57,21 @@ def long_tile(level) -> int:
 
 def over_channels(KH, KW, sh, sw, C, K, nr, l2_floats, l3_floats) -> bool:
     """Whether a forward convolution runs with channels in the lanes: a kernel wider than
-    one tap or a stride (1x1 stride-1 layers have short reductions, where the transposed
-    stores of each tile cost a fifth, and their image rows are the pixel-lanes path's B
-    panels as they are), K filling the NR-channel panels (a multiple of NR, or at least 4
-    panels), a panel of W^T (R x NR) within three quarters of L2, where the tiles re-read
-    it, and W with W^T within L3 (overfeat's conv4 and conv5, 19 and 38 MB of W^T, went
-    through memory: 13-15% slower)."""
+    one tap or a stride, or a 1x1 stride-1 layer whose reduction is long (C >= 256) or
+    whose K is at most C; K filling the NR-channel panels (a multiple of NR, or at least 4
+    panels); a panel of W^T (R x NR) within three quarters of L2, where the tiles re-read
+    it; and W with W^T within L3 (overfeat's conv4 and conv5, 19 and 38 MB of W^T, went
+    through memory: 13-15% slower). 1x1 stride-1 layers against the pixel-lanes GEMM
+    (same-process A/B, batch 1 and 16, 13x13 to 112x112): with C >= 256 or K <= C the
+    lanes ran 1.03-1.42x as fast at 1 and 2 threads, 1.1-1.2x most often (256 channels at
+    13x13: 1.10x at 1 thread, 0.92x at 2); with fewer channels in than out (64 -> 256,
+    128 -> 512, 32 -> 64) the short reduction leaves a tile's transposed stores a large
+    share, and they ran 0.81-1.14x. The forward kernels try dot products first."""
     R = C * KH * KW
-    return ((KH * KW > 1 or sh * sw > 1) and K >= nr and (K % nr == 0 or K >= 4 * nr)
-            and 4 * R * nr <= 3 * l2_floats and 2 * K * R <= l3_floats)
+    pointwise = KH * KW == 1 and sh * sw == 1
+    return ((not pointwise or C >= 256 or K <= C) and K >= nr
+            and (K % nr == 0 or K >= 4 * nr) and 4 * R * nr <= 3 * l2_floats
+            and 2 * K * R <= l3_floats)
 
 
 over_channels_jit = njit(inline="always")(over_channels)
