@@ -187,6 +187,33 @@ def test_threads_setting_is_used_and_validated():
 
 
 
+def test_workspace_buffer_starts_on_a_cache_line():
+    """Each size, growing or not, gets a buffer of at least that many floats whose first
+    float sits on a 64-byte line; a smaller request reuses the same memory."""
+    def run():
+        seen = []
+        for floats in (1, 5, 1000, 123_457, 17, 2_000_001):
+            buffer = registry.workspace_buffer(floats)
+            assert buffer.dtype == np.float32 and buffer.shape == (floats,)
+            assert buffer.ctypes.data % registry.WORKSPACE_ALIGNMENT == 0, floats
+            seen.append(buffer)
+        assert seen[4].ctypes.data == seen[3].ctypes.data      # 17 floats: reused
+
+    errors = []
+
+    def in_thread():
+        try:
+            run()
+        except AssertionError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=in_thread)     # a fresh thread: its own, empty buffer
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    run()
+
+
 def test_workspace_sizes_are_remembered_per_shape_and_thread_count(monkeypatch):
     """A layer call works its workspace size out once per (kernel, level, thread count,
     argument shapes and scalars), then reuses it; any change of those recomputes it, and
