@@ -49,8 +49,19 @@ def test_generic_level_has_no_vex_encoded_instructions():
 
 # NEON and SVE: the two register files; the levels between differ only in extensions
 # (fp16 arithmetic, dot products) that float32 kernels do not use.
-@pytest.mark.parametrize("level", ["neon", "sve"])
-@pytest.mark.parametrize("operation,algorithm", KERNELS)
+def aarch64_cases():
+    """(operation, algorithm, level) for NEON and SVE. SVE cross-compiles of the convolution
+    builders cost 85 s of the default run (the forward kernel alone 48 s) for code that
+    their NEON compiles already put through the same Numba and LLVM paths, so they run
+    with ``-m cross``."""
+    for operation, algorithm in KERNELS:
+        yield pytest.param(operation, algorithm, "neon")
+        heavy = operation.startswith("convolution_")
+        yield pytest.param(operation, algorithm, "sve",
+                           marks=[pytest.mark.cross] if heavy else [])
+
+
+@pytest.mark.parametrize("operation,algorithm,level", aarch64_cases())
 def test_aarch64_levels_compile_to_neon_or_sve(operation, algorithm, level):
     """Cross-compiled, never run: AArch64 code uses NEON v-registers (SVE z-registers on the
     sve level), fmla where the kernel multiplies and adds, and no x86 register at all."""
