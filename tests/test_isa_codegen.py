@@ -54,11 +54,13 @@ def aarch64_cases():
     builders cost 85 s of the default run (the forward kernel alone 48 s) for code that
     their NEON compiles already put through the same Numba and LLVM paths, so they run
     with ``-m cross``."""
+    cases = []
     for operation, algorithm in KERNELS:
-        yield pytest.param(operation, algorithm, "neon")
         heavy = operation.startswith("convolution_")
-        yield pytest.param(operation, algorithm, "sve",
-                           marks=[pytest.mark.cross] if heavy else [])
+        cases += [pytest.param(operation, algorithm, "neon"),
+                  pytest.param(operation, algorithm, "sve",
+                               marks=[pytest.mark.cross] if heavy else [])]
+    return cases
 
 
 @pytest.mark.parametrize("operation,algorithm,level", aarch64_cases())
