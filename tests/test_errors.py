@@ -112,3 +112,40 @@ def test_read_only_inputs_are_accepted():
     np.testing.assert_array_equal(nnjit.relu_input_gradient(x, x), np.where(x > 0, x, 0))
     assert nnjit.softmax_output(x.reshape(2, 12)).shape == (2, 12)
     assert nnjit.max_pooling_output(x, 2).shape == (1, 2, 2, 2)
+
+
+@pytest.mark.parametrize("valid,invalid,error,words", [
+    (dict(padding=1), dict(padding=True), errors.InvalidType, "padding must be an int"),
+    (dict(padding=1), dict(padding=1.0), errors.InvalidType, "padding must be an int"),
+    (dict(stride=(1, 1)), dict(stride=(1, True)), errors.InvalidType, r"stride\[1\]"),
+    (dict(padding=(1, 1)), dict(padding=[1.0, 1]), errors.InvalidType, "padding"),
+    (dict(padding=(1, 0, 1, 0)), dict(padding=(1, 0, 1, -1)), errors.InvalidInputPadding, ">= 0"),
+])
+def test_a_remembered_decision_never_admits_an_equal_but_invalid_setting(valid, invalid, error,
+                                                                         words):
+    """Layer calls reuse the decision made for the same sizes and settings; settings that
+    compare and hash equal to a valid one (True == 1 == 1.0) are still rejected, every time."""
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    base = dict(padding=1, stride=1)
+    for _ in range(2):
+        nnjit.convolution_output(x, w, **{**base, **valid})
+        with pytest.raises(error, match=words):
+            nnjit.convolution_output(x, w, **{**base, **invalid})
+
+
+def test_errors_are_raised_again_after_a_valid_call_of_the_same_shape():
+    """A decision is remembered only when it succeeds: a bad call raises on every attempt,
+    and a good one of the same sizes still runs (and gives the same result each time)."""
+    x, w = np.ones((1, 2, 5, 5), np.float32), np.ones((3, 2, 3, 3), np.float32)
+    for _ in range(2):
+        with pytest.raises(errors.InvalidShape, match="bias"):
+            nnjit.convolution_output(x, w, np.ones(4, np.float32))
+        with pytest.raises(errors.InvalidAlgorithm):
+            nnjit.convolution_output(x, w, algorithm="fft")
+        out = nnjit.convolution_output(x, w, np.ones(3, np.float32))
+        assert np.all(out[:, :, 1:-1, 1:-1] == 2 * 9 + 1)
+    with pytest.raises(errors.InvalidType, match="ceil_mode"):
+        nnjit.max_pooling_output(x, 2, ceil_mode=1)
+    assert nnjit.max_pooling_output(x, 2, ceil_mode=True).shape == (1, 2, 3, 3)
+    with pytest.raises(errors.InvalidType, match="ceil_mode"):
+        nnjit.max_pooling_output(x, 2, ceil_mode=1)

@@ -92,12 +92,15 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
+    if _num_threads:
+        return _num_threads
     import numba
 
-    return _num_threads or numba.config.NUMBA_NUM_THREADS
+    return numba.config.NUMBA_NUM_THREADS
 
 
 _pool_started = False
+_launch_count = None        # reads this thread's Numba launch count, once the pool is up
 
 
 def start_thread_pool() -> None:
@@ -107,7 +110,7 @@ def start_thread_pool() -> None:
     once torch is imported: a torch.set_num_threads(1) (or OMP_NUM_THREADS=1) made before
     nnjit's first call silently became every core for torch (measured: its conv2d went
     from one core to two after one nnjit call)."""
-    global _pool_started
+    global _pool_started, _launch_count
     if _pool_started:
         return
     import ctypes
@@ -125,15 +128,20 @@ def start_thread_pool() -> None:
         if saved is not None:
             omp.omp_set_num_threads(saved[0])
             omp.omp_set_max_active_levels(saved[1])
+        # numba.get_num_threads() takes Numba's two start-up locks on every call (1.3 us
+        # of each layer call's 10); with the pool up, its layer's own getter is the answer
+        from numba.np.ufunc import parallel
+        _launch_count = getattr(parallel, "_get_num_threads", None) or numba.get_num_threads
         _pool_started = True
 
 
 def apply_num_threads() -> int:
     """Make this thread's Numba launches use the configured count (Numba's is per thread)."""
-    import numba
-
-    start_thread_pool()
+    if not _pool_started:
+        start_thread_pool()
     n = get_num_threads()
-    if numba.get_num_threads() != n:
+    if _launch_count() != n:
+        import numba
+
         numba.set_num_threads(n)
     return n

@@ -69,7 +69,7 @@ def softmax_output(x, *, out=None):
     in_place = out is x and out is not None
     x = _in_place_view("x", x) if in_place else x
     x = checks.array("x", x, 2, what=" (batch, channels)")
-    checks.nonempty("x", x, {0: ("batch", errors.InvalidBatchSize),
+    checks.nonempty("x", x.shape, {0: ("batch", errors.InvalidBatchSize),
                              1: ("channels", errors.InvalidChannels)})
     out = checks.output("out", out, x.shape, {"x": x}, in_place_ok=("x",))
     return decide("softmax_output", "direct", "max, exp-sum, scale per row (the only algorithm)",

@@ -98,8 +98,9 @@ def slope(name: str, value) -> np.float32:
     return np.float32(value)
 
 
-def nonempty(name: str, x: np.ndarray, error_by_axis: dict[int, tuple[str, type]]) -> None:
-    """Every listed axis of x is non-zero (NNPACK's batch/channels/size statuses)."""
+def nonempty(name: str, shape: tuple, error_by_axis: dict[int, tuple[str, type]]) -> None:
+    """Every listed axis of an array of this shape is non-zero (NNPACK's batch/channels/size
+    statuses)."""
     for axis, (what, error) in error_by_axis.items():
-        if x.shape[axis] == 0:
-            raise error(f"{name} has zero {what} (shape {x.shape})")
+        if shape[axis] == 0:
+            raise error(f"{name} has zero {what} (shape {shape})")

@@ -14,7 +14,7 @@ import numpy as np
 from nnjit import errors
 from nnjit.dispatch import registry
 from nnjit.layers import checks
-from nnjit.layers.plan import decide, layer
+from nnjit.layers.plan import decide, layer, setting, static
 
 ALGORITHMS = ("auto", "implicit_gemm", "direct", "wt8x8", "ft8x8", "ft16x16")
 ACTIVATIONS = ("identity", "relu")
@@ -38,19 +38,24 @@ def _geometry(padding, stride):
     return pads, strides
 
 
-def _kernel_array(w):
-    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
-    checks.nonempty("w", w, {0: ("output channels", errors.InvalidOutputChannels),
-                             1: ("input channels", errors.InvalidInputChannels),
-                             2: ("kernel height", errors.InvalidKernelSize),
-                             3: ("kernel width", errors.InvalidKernelSize)})
-    return w
+def _channels_match(name, shape, axis, w_shape, w_axis, what):
+    if shape[axis] != w_shape[w_axis]:
+        raise errors.InvalidShape(f"{name} has {shape[axis]} {what} (shape {shape}) but w "
+                                  f"{w_shape} expects {w_shape[w_axis]}")
 
 
-def _channels_match(name, x, axis, w, w_axis, what):
-    if x.shape[axis] != w.shape[w_axis]:
-        raise errors.InvalidShape(f"{name} has {x.shape[axis]} {what} (shape {x.shape}) but w "
-                                  f"{w.shape} expects {w.shape[w_axis]}")
+def _nonempty_kernel(w_shape):
+    checks.nonempty("w", w_shape, {0: ("output channels", errors.InvalidOutputChannels),
+                                   1: ("input channels", errors.InvalidInputChannels),
+                                   2: ("kernel height", errors.InvalidKernelSize),
+                                   3: ("kernel width", errors.InvalidKernelSize)})
+
+
+def _nonempty_image(name, shape):
+    checks.nonempty(name, shape, {0: ("batch", errors.InvalidBatchSize),
+                                  1: ("input channels", errors.InvalidInputChannels),
+                                  2: ("height", errors.InvalidInputSize),
+                                  3: ("width", errors.InvalidInputSize)})
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,39 +94,51 @@ def _activation(activation) -> bool:
     return activation == "relu"
 
 
-def _bias(bias, channels: int) -> np.ndarray:
-    if bias is None:
-        return np.zeros(channels, dtype=np.float32)
-    bias = checks.array("bias", bias, 1, what=" (K,)")
-    if bias.shape[0] != channels:
-        raise errors.InvalidShape(f"bias has {bias.shape[0]} elements, w has {channels} "
+@functools.lru_cache(maxsize=64)
+def _no_bias(channels: int) -> np.ndarray:
+    """Zeros for a call without a bias (read-only: shared by every such call)."""
+    zeros = np.zeros(channels, dtype=np.float32)
+    zeros.flags.writeable = False
+    return zeros
+
+
+@static
+def _forward_decision(operation, x_shape, w_shape, bias_shape, padding, stride, algorithm,
+                      activation):
+    """(output shape, kernel scalars, algorithm, why, described arguments) of a forward
+    call on a batch of x_shape."""
+    _nonempty_kernel(w_shape)
+    _nonempty_image("x", x_shape)
+    _channels_match("x", x_shape, 1, w_shape, 1, "input channels")
+    pads, strides = _geometry(padding, stride)
+    relu = _activation(activation)
+    if bias_shape is not None and bias_shape[0] != w_shape[0]:
+        raise errors.InvalidShape(f"bias has {bias_shape[0]} elements, w has {w_shape[0]} "
                                   "output channels")
-    return bias
+    out_h, out_w = output_size(x_shape[2:], w_shape[2:], pads, strides)
+    chosen, why = _choose(operation, algorithm, w_shape[2:], strides)
+    return ((x_shape[0], w_shape[0], out_h, out_w),
+            (strides[0], strides[1], pads[0], pads[3], relu), chosen, why,
+            dict(x=x_shape, w=w_shape, padding=pads, stride=strides, activation=activation))
 
 
 def _forward(operation, x, w, bias, padding, stride, algorithm, activation, out, batched):
-    what = " (N, C, H, W)" if batched else " (C, H, W)"
-    x = checks.array("x", x, 4 if batched else 3, what=what)
+    x = checks.array("x", x, 4 if batched else 3,
+                     what=" (N, C, H, W)" if batched else " (C, H, W)")
+    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+    if bias is not None:
+        bias = checks.array("bias", bias, 1, what=" (K,)")
     x4 = x if batched else x[None]
-    w = _kernel_array(w)
-    checks.nonempty("x", x4, {0: ("batch", errors.InvalidBatchSize),
-                              1: ("input channels", errors.InvalidInputChannels),
-                              2: ("height", errors.InvalidInputSize),
-                              3: ("width", errors.InvalidInputSize)})
-    _channels_match("x", x4, 1, w, 1, "input channels")
-    pads, strides = _geometry(padding, stride)
-    relu = _activation(activation)
-    bias = _bias(bias, w.shape[0])
-    out_h, out_w = output_size(x4.shape[2:], w.shape[2:], pads, strides)
-    shape = (x4.shape[0], w.shape[0], out_h, out_w)
-    out = checks.output("out", out, shape if batched else shape[1:],
-                        {"x": x, "w": w, "bias": bias})
-    chosen, why = _choose(operation, algorithm, w.shape[2:], strides)
-    out4 = out if batched else out[None]
-    return decide(operation, chosen, why,
-                  dict(x=x.shape, w=w.shape, padding=pads, stride=strides,
-                       activation=activation),
-                  (x4, w, bias, out4, strides[0], strides[1], pads[0], pads[3], relu), out)
+    key = (operation, x4.shape, w.shape, None if bias is None else bias.shape,
+           setting(padding), setting(stride), algorithm, activation)
+    shape, scalars, chosen, why, described = _forward_decision(*key)
+    inputs = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
+    out = checks.output("out", out, shape if batched else shape[1:], inputs)
+    if not batched:
+        described = dict(described, x=x.shape)
+    return decide(operation, chosen, why, described,
+                  (x4, w, _no_bias(w.shape[0]) if bias is None else bias,
+                   out if batched else out[None]) + scalars, out, key)
 
 
 @layer
@@ -142,14 +159,32 @@ def convolution_output(x, w, bias=None, *, padding=0, stride=1, algorithm="auto"
                     out, batched=True)
 
 
-def _gradient_geometry(grad_output, spatial, kernel_size, padding, stride, name):
+def _gradient_geometry(grad_output_shape, spatial, kernel_size, padding, stride, name):
     pads, strides = _geometry(padding, stride)
     expected = output_size(spatial, kernel_size, pads, strides)
-    if tuple(grad_output.shape[2:]) != expected:
+    if tuple(grad_output_shape[2:]) != expected:
         raise errors.InvalidShape(
-            f"grad_output is {grad_output.shape[2]}x{grad_output.shape[3]} but {name}, "
+            f"grad_output is {grad_output_shape[2]}x{grad_output_shape[3]} but {name}, "
             f"padding {pads} and stride {strides} give a {expected[0]}x{expected[1]} output")
     return pads, strides
+
+
+@static
+def _input_gradient_decision(grad_output_shape, w_shape, input_size, padding, stride,
+                             algorithm):
+    _nonempty_kernel(w_shape)
+    checks.nonempty("grad_output", grad_output_shape,
+                    {0: ("batch", errors.InvalidBatchSize),
+                     1: ("output channels", errors.InvalidOutputChannels)})
+    _channels_match("grad_output", grad_output_shape, 1, w_shape, 0, "output channels")
+    size = checks.pair("input_size", input_size, errors.InvalidInputSize)
+    pads, strides = _gradient_geometry(grad_output_shape, size, w_shape[2:], padding, stride,
+                                       f"input_size {size}, kernel {w_shape[2]}x{w_shape[3]}")
+    chosen, why = _choose("convolution_input_gradient", algorithm, w_shape[2:], strides)
+    return ((grad_output_shape[0], w_shape[1], size[0], size[1]),
+            (strides[0], strides[1], pads[0], pads[3]), chosen, why,
+            dict(grad_output=grad_output_shape, w=w_shape, input_size=size, padding=pads,
+                 stride=strides))
 
 
 @layer
@@ -158,21 +193,13 @@ def convolution_input_gradient(grad_output, w, input_size, *, padding=0, stride=
     """Gradient with respect to the input: grad_output (N, K, OH, OW), w (K, C, KH, KW),
     input_size (H, W) -> (N, C, H, W)."""
     grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
-    w = _kernel_array(w)
-    checks.nonempty("grad_output", grad_output, {0: ("batch", errors.InvalidBatchSize),
-                                                 1: ("output channels",
-                                                     errors.InvalidOutputChannels)})
-    _channels_match("grad_output", grad_output, 1, w, 0, "output channels")
-    size = checks.pair("input_size", input_size, errors.InvalidInputSize)
-    pads, strides = _gradient_geometry(grad_output, size, w.shape[2:], padding, stride,
-                                       f"input_size {size}, kernel {w.shape[2]}x{w.shape[3]}")
-    shape = (grad_output.shape[0], w.shape[1], size[0], size[1])
+    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+    key = (grad_output.shape, w.shape, setting(input_size), setting(padding), setting(stride),
+           algorithm)
+    shape, scalars, chosen, why, described = _input_gradient_decision(*key)
     out = checks.output("out", out, shape, {"grad_output": grad_output, "w": w})
-    chosen, why = _choose("convolution_input_gradient", algorithm, w.shape[2:], strides)
-    return decide("convolution_input_gradient", chosen, why,
-                  dict(grad_output=grad_output.shape, w=w.shape, input_size=size,
-                       padding=pads, stride=strides),
-                  (grad_output, w, out, strides[0], strides[1], pads[0], pads[3]), out)
+    return decide("convolution_input_gradient", chosen, why, described,
+                  (grad_output, w, out) + scalars, out, key)
 
 
 @layer
@@ -182,22 +209,28 @@ def convolution_kernel_gradient(x, grad_output, kernel_size, *, padding=0, strid
     grad_output (N, K, OH, OW), kernel_size (KH, KW) -> (K, C, KH, KW)."""
     x = checks.array("x", x, 4, what=" (N, C, H, W)")
     grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
-    checks.nonempty("x", x, {0: ("batch", errors.InvalidBatchSize),
-                             1: ("input channels", errors.InvalidInputChannels),
-                             2: ("height", errors.InvalidInputSize),
-                             3: ("width", errors.InvalidInputSize)})
-    checks.nonempty("grad_output", grad_output, {1: ("output channels",
-                                                     errors.InvalidOutputChannels)})
-    if x.shape[0] != grad_output.shape[0]:
-        raise errors.InvalidShape(f"x has batch {x.shape[0]} but grad_output has "
-                                  f"{grad_output.shape[0]}")
-    kernel = checks.pair("kernel_size", kernel_size, errors.InvalidKernelSize)
-    pads, strides = _gradient_geometry(grad_output, x.shape[2:], kernel, padding, stride,
-                                       f"x {x.shape[2]}x{x.shape[3]}, kernel_size {kernel}")
-    shape = (grad_output.shape[1], x.shape[1], kernel[0], kernel[1])
+    key = (x.shape, grad_output.shape, setting(kernel_size), setting(padding), setting(stride),
+           algorithm)
+    shape, scalars, chosen, why, described = _kernel_gradient_decision(*key)
     out = checks.output("out", out, shape, {"x": x, "grad_output": grad_output})
+    return decide("convolution_kernel_gradient", chosen, why, described,
+                  (x, grad_output, out) + scalars, out, key)
+
+
+@static
+def _kernel_gradient_decision(x_shape, grad_output_shape, kernel_size, padding, stride,
+                              algorithm):
+    _nonempty_image("x", x_shape)
+    checks.nonempty("grad_output", grad_output_shape,
+                    {1: ("output channels", errors.InvalidOutputChannels)})
+    if x_shape[0] != grad_output_shape[0]:
+        raise errors.InvalidShape(f"x has batch {x_shape[0]} but grad_output has "
+                                  f"{grad_output_shape[0]}")
+    kernel = checks.pair("kernel_size", kernel_size, errors.InvalidKernelSize)
+    pads, strides = _gradient_geometry(grad_output_shape, x_shape[2:], kernel, padding, stride,
+                                       f"x {x_shape[2]}x{x_shape[3]}, kernel_size {kernel}")
     chosen, why = _choose("convolution_kernel_gradient", algorithm, kernel, strides)
-    return decide("convolution_kernel_gradient", chosen, why,
-                  dict(x=x.shape, grad_output=grad_output.shape, kernel_size=kernel,
-                       padding=pads, stride=strides),
-                  (x, grad_output, out, strides[0], strides[1], pads[0], pads[3]), out)
+    return ((grad_output_shape[1], x_shape[1], kernel[0], kernel[1]),
+            (strides[0], strides[1], pads[0], pads[3]), chosen, why,
+            dict(x=x_shape, grad_output=grad_output_shape, kernel_size=kernel, padding=pads,
+                 stride=strides))

@@ -7,7 +7,7 @@ import numpy as np
 from nnjit import errors
 from nnjit.dispatch import policy
 from nnjit.layers import checks
-from nnjit.layers.plan import decide, layer
+from nnjit.layers.plan import decide, layer, static
 
 _NO_BIAS = np.zeros(1, np.float32)
 _NO_BIAS.flags.writeable = False
@@ -64,28 +64,31 @@ def fully_connected_output(x, w, bias=None, *, out=None):
 
     Batches of at least half a GEMM tile run on the GEMM kernel; smaller ones on the GEMV
     kernel (every block of weight rows meets each batch row in turn)."""
-    from nnjit.kernels.fully_connected import output_tiles
-
     x = checks.array("x", x, 2, what=" (batch, input channels)")
     w = _weights(w, half_ok=False)
     bias = _check(x, w, bias, 1)
-    n, m = x.shape[0], w.shape[0]
-    out = checks.output("out", out, (n, m), _inputs(x, w, bias))
-    arguments = dict(x=x.shape, w=w.shape, bias="none" if bias is None else bias.shape)
-    level, _ = policy.effective_level()
-    _, nr, _ = output_tiles(level)
-    has_bias = bias is not None
-    bias = _NO_BIAS if bias is None else bias
+    out = checks.output("out", out, (x.shape[0], w.shape[0]), _inputs(x, w, bias))
+    level = policy.effective_level()
+    key = (x.shape, w.shape, None if bias is None else bias.shape)
+    algorithm, why, arguments = _output_decision(*key, level[0])
+    # (gemm: the registry appends the kernel's per-thread workspace: packed x^T, tile blocks)
+    return decide("fully_connected_output", algorithm, why, arguments,
+                  (x, w, _NO_BIAS if bias is None else bias, bias is not None, out), out, key,
+                  level)
+
+
+@static
+def _output_decision(x_shape, w_shape, bias_shape, level):
+    """(algorithm, why, described arguments) of a batch of x_shape at this level."""
+    from nnjit.kernels.fully_connected import output_tiles
+
+    n, nr = x_shape[0], output_tiles(level)[1]
+    arguments = dict(x=x_shape, w=w_shape, bias="none" if bias_shape is None else bias_shape)
     if n * 2 < nr:
-        return decide("fully_connected_output", "gemv",
-                      f"batch {n} < half the GEMM tile's {nr} batch rows: blocks of weight "
-                      f"rows reused from L2 for each batch row",
-                      arguments, (x, w, bias, has_bias, out), out)
-    # (the registry appends the kernel's per-thread workspace: packed x^T, tile blocks)
-    return decide("fully_connected_output", "gemm",
-                  f"batch {n} >= half the GEMM tile's {nr} batch rows: register-blocked "
-                  f"tiles, packed x^T, weights read once",
-                  arguments, (x, w, bias, has_bias, out), out)
+        return ("gemv", f"batch {n} < half the GEMM tile's {nr} batch rows: blocks of weight "
+                        f"rows reused from L2 for each batch row", arguments)
+    return ("gemm", f"batch {n} >= half the GEMM tile's {nr} batch rows: register-blocked "
+                    f"tiles, packed x^T, weights read once", arguments)
 
 
 @layer
@@ -98,15 +101,20 @@ def fully_connected_inference(x, w, bias=None, *, out=None):
     bias = _check(x, w, bias, 0)
     (k,), m = x.shape, w.shape[0]
     out = checks.output("out", out, (m,), _inputs(x, w, bias))
-    has_bias = bias is not None
-    arguments = dict(x=x.shape, w=f"{w.shape} {w.dtype}",
-                     bias="none" if bias is None else bias.shape)
-    args = (x.reshape(1, k), w.view(np.uint16) if w.dtype == np.float16 else w,
-            _NO_BIAS if bias is None else bias, has_bias, out.reshape(1, m))
-    if w.dtype == np.float16:
-        return decide("fully_connected_inference", "gemv_f16",
-                      "float16 weights: half the bytes read, widened in registers",
-                      arguments, args, out)
-    return decide("fully_connected_inference", "gemv",
-                  "float32 weights: fused dot products over blocks of weight rows",
-                  arguments, args, out)
+    half = w.dtype == np.float16
+    algorithm, why, arguments = _inference_decision(x.shape, w.shape, half,
+                                                    None if bias is None else bias.shape)
+    return decide("fully_connected_inference", algorithm, why, arguments,
+                  (x.reshape(1, k), w.view(np.uint16) if half else w,
+                   _NO_BIAS if bias is None else bias, bias is not None, out.reshape(1, m)), out)
+
+
+@static
+def _inference_decision(x_shape, w_shape, half, bias_shape):
+    """(algorithm, why, described arguments) of one vector against w_shape weights."""
+    arguments = dict(x=x_shape, w=f"{w_shape} {'float16' if half else 'float32'}",
+                     bias="none" if bias_shape is None else bias_shape)
+    if half:
+        return ("gemv_f16", "float16 weights: half the bytes read, widened in registers",
+                arguments)
+    return "gemv", "float32 weights: fused dot products over blocks of weight rows", arguments
