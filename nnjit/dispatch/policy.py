@@ -1,9 +1,9 @@
 """Which ISA level is in effect, and how many threads kernels use.
 
 The level in effect is the host's best runnable level, capped by (innermost wins) a
-``max_isa()`` context, ``set_max_isa()``, or the NNJIT_MAX_ISA environment variable. A cap
-is clamped to what the host runs, never raised above it (oneDNN's ONEDNN_MAX_CPU_ISA
-semantics); an unknown name is an error that lists the valid ones.
+``max_isa()`` context, ``set_max_isa()``, or the NNJIT_MAX_ISA environment variable (read
+at the first call). A cap is clamped to what the host runs, never raised above it (oneDNN's
+ONEDNN_MAX_CPU_ISA semantics); an unknown name is an error that lists the valid ones.
 """
 from __future__ import annotations
 
@@ -43,6 +43,20 @@ def max_isa(name: str):
         _context_cap.reset(token)
 
 
+_environment: tuple[str | None, str] | None = None
+
+
+def _environment_cap() -> tuple[str | None, str]:
+    """NNJIT_MAX_ISA's level and its source, read at the first call (as oneDNN reads
+    ONEDNN_MAX_CPU_ISA): os.environ's lookup took 1 us warm, 5-10 us right after a large
+    kernel, on every call. An unknown name raises at every call until the process ends."""
+    global _environment
+    if _environment is None:
+        env = os.environ.get("NNJIT_MAX_ISA", "").strip()
+        _environment = (_checked_name(env), f"NNJIT_MAX_ISA={env}") if env else (None, "")
+    return _environment
+
+
 def effective_level() -> tuple[IsaLevel, str]:
     """The level calls run at now, and why."""
     info = cpu_info()
@@ -51,9 +65,7 @@ def effective_level() -> tuple[IsaLevel, str]:
     if cap is None:
         cap, source = _api_cap, "set_max_isa()"
     if cap is None:
-        env = os.environ.get("NNJIT_MAX_ISA", "").strip()
-        if env:
-            cap, source = _checked_name(env), f"NNJIT_MAX_ISA={env}"
+        cap, source = _environment or _environment_cap()
     if cap is None:
         return best, f"host's best runnable level ({info.llvm_cpu_name})"
     capped = level_named(cap)
