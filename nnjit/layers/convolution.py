@@ -192,14 +192,9 @@ def convolution_input_gradient(grad_output, w, input_size, *, padding=0, stride=
                                algorithm="auto", out=None):
     """Gradient with respect to the input: grad_output (N, K, OH, OW), w (K, C, KH, KW),
     input_size (H, W) -> (N, C, H, W)."""
-    grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
-    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
-    key = (grad_output.shape, w.shape, setting(input_size), setting(padding), setting(stride),
-           algorithm)
-    shape, scalars, chosen, why, described = _input_gradient_decision(*key)
-    out = checks.output("out", out, shape, {"grad_output": grad_output, "w": w})
-    return decide("convolution_input_gradient", chosen, why, described,
-                  (grad_output, w, out) + scalars, out, key)
+    return _gradient("convolution_input_gradient", _input_gradient_decision,
+                     ("grad_output", grad_output, " (N, K, OH, OW)"), ("w", w, " (K, C, KH, KW)"),
+                     input_size, padding, stride, algorithm, out)
 
 
 @layer
@@ -207,14 +202,21 @@ def convolution_kernel_gradient(x, grad_output, kernel_size, *, padding=0, strid
                                 algorithm="auto", out=None):
     """Gradient with respect to the kernel, summed over the batch: x (N, C, H, W),
     grad_output (N, K, OH, OW), kernel_size (KH, KW) -> (K, C, KH, KW)."""
-    x = checks.array("x", x, 4, what=" (N, C, H, W)")
-    grad_output = checks.array("grad_output", grad_output, 4, what=" (N, K, OH, OW)")
-    key = (x.shape, grad_output.shape, setting(kernel_size), setting(padding), setting(stride),
-           algorithm)
-    shape, scalars, chosen, why, described = _kernel_gradient_decision(*key)
-    out = checks.output("out", out, shape, {"x": x, "grad_output": grad_output})
-    return decide("convolution_kernel_gradient", chosen, why, described,
-                  (x, grad_output, out) + scalars, out, key)
+    return _gradient("convolution_kernel_gradient", _kernel_gradient_decision,
+                     ("x", x, " (N, C, H, W)"), ("grad_output", grad_output, " (N, K, OH, OW)"),
+                     kernel_size, padding, stride, algorithm, out)
+
+
+def _gradient(operation, decision, first, second, size, padding, stride, algorithm, out):
+    """A gradient call: its two 4-D arrays (name, array, shape words) checked, the rest
+    decided (memoized) from their shapes, the size and the settings."""
+    (name_a, a, what_a), (name_b, b, what_b) = first, second
+    a = checks.array(name_a, a, 4, what=what_a)
+    b = checks.array(name_b, b, 4, what=what_b)
+    key = (a.shape, b.shape, setting(size), setting(padding), setting(stride), algorithm)
+    shape, scalars, chosen, why, described = decision(*key)
+    out = checks.output("out", out, shape, {name_a: a, name_b: b})
+    return decide(operation, chosen, why, described, (a, b, out) + scalars, out, key)
 
 
 @static
