@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     warm = commands.add_parser("warmup", help="compile (or load) kernels ahead of use")
     warm.add_argument("--operations", nargs="*", default=None)
     warm.add_argument("--levels", nargs="*", default=None)
+    warm.add_argument("--processes", type=int, default=1,
+                      help="compile in this many processes first (through the disk cache)")
     asm = commands.add_parser("asm", help="print a kernel's assembly")
     asm.add_argument("operation")
     asm.add_argument("--level", default=None)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     elif options.command == "warmup":
         from nnjit.dispatch.registry import warmup
 
-        count = warmup(options.operations, options.levels)
+        count = warmup(options.operations, options.levels, processes=options.processes)
         print(f"{count} kernel variants ready")
     elif options.command == "asm":
         from nnjit.dispatch.registry import inspect_asm

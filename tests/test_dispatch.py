@@ -292,3 +292,28 @@ def test_import_compiles_nothing_and_skips_numba():
 def test_command_line_info():
     out = run_python("from nnjit.__main__ import main; main(['info'])")
     assert "level in effect" in out and "ISA levels" in out and "disk cache" in out
+
+
+def test_warmup_in_processes_fills_the_disk_cache_and_keeps_the_assembly(tmp_path):
+    """warmup(processes=2) compiles in worker processes; this process then loads every
+    variant from the disk cache (no compile of its own) and shows the assembly the worker
+    kept (a variant loaded from disk carries none)."""
+    lowest = nnjit.isa_levels()[0].name
+    script = f"""
+import nnjit
+from nnjit.dispatch import registry
+count = nnjit.warmup(["relu_output", "softmax_output"], ["{lowest}"], processes=2,
+                     progress=False)
+variants = [registry.variant(op, "direct", nnjit.isa_levels()[0])
+            for op in ("relu_output", "softmax_output")]
+loaded = [bool(sum(v.stats.cache_hits.values())) for v in variants]
+asm = nnjit.inspect_asm("softmax_output", level="{lowest}")
+kept = asm == registry._assembly[("softmax_output", "direct", nnjit.isa_levels()[0].arch,
+                                  "{lowest}")]
+print(count, all(loaded), kept, "ymm" not in asm and "zmm" not in asm)
+"""
+    env = dict(os.environ, NNJIT_CACHE_DIR=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "True", "True", "True"], result.stdout
