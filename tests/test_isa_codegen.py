@@ -50,17 +50,9 @@ def test_generic_level_has_no_vex_encoded_instructions():
 # NEON and SVE: the two register files; the levels between differ only in extensions
 # (fp16 arithmetic, dot products) that float32 kernels do not use.
 def aarch64_cases():
-    """(operation, algorithm, level) for NEON and SVE. SVE cross-compiles of the convolution
-    builders cost 85 s of the default run (the forward kernel alone 48 s) for code that
-    their NEON compiles already put through the same Numba and LLVM paths, so they run
-    with ``-m cross``."""
-    cases = []
-    for operation, algorithm in KERNELS:
-        heavy = operation.startswith("convolution_")
-        cases += [pytest.param(operation, algorithm, "neon"),
-                  pytest.param(operation, algorithm, "sve",
-                               marks=[pytest.mark.cross] if heavy else [])]
-    return cases
+    """(operation, algorithm, level) for NEON and SVE, marked ``cross``."""
+    return [pytest.param(operation, algorithm, level, marks=pytest.mark.cross)
+            for operation, algorithm in KERNELS for level in ("neon", "sve")]
 
 
 @pytest.mark.parametrize("operation,algorithm,level", aarch64_cases())
