@@ -171,6 +171,10 @@ def test_warmup_compiles_requested_variants(capsys):
     assert "2/2" in capsys.readouterr().err
     with pytest.raises(nnjit.InvalidArgument, match="unknown"):
         nnjit.warmup(["conv9d"])
+    with pytest.raises(nnjit.InvalidArgument, match="processes must be >= 1"):
+        nnjit.warmup(["relu_output"], processes=0)
+    with pytest.raises(nnjit.InvalidType, match="processes must be an int"):
+        nnjit.warmup(["relu_output"], processes="2")
 
 
 def test_threads_setting_is_used_and_validated():

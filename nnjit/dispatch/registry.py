@@ -289,7 +289,9 @@ def warmup(operations=None, levels=None, *, processes: int = 1, progress: bool =
 
             raise InvalidArgument(f"warmup(operations=...): unknown {sorted(unknown)}; "
                                   f"known: {list(globals()['operations']())}")
-    if processes > 1:
+    from nnjit.layers.checks import positive_int
+
+    if positive_int("processes", processes) > 1:
         _compile_in_processes(todo, processes, progress)
     for done, (s, lv) in enumerate(todo, 1):
         variant(s.operation, s.algorithm, lv)
