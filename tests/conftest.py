@@ -25,7 +25,8 @@ def pytest_collection_finish(session):
     the variants (2 s for all 75; inspect_asm gets the workers' assembly) and compile only
     what else they build. A run of a few tests compiles just what it calls."""
     cores = min(os.cpu_count() or 1, 4)
-    if cores > 1 and len(session.items) >= WARMUP_MIN_TESTS:
+    if (cores > 1 and len(session.items) >= WARMUP_MIN_TESTS
+            and not session.config.option.collectonly):
         nnjit.warmup(levels=RUNNABLE, processes=cores, progress=False)
 
 
