@@ -221,7 +221,7 @@ def input_gradient_implicit_gemm(level):
         if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, MR, NR, L2_FLOATS, L3_FLOATS):
             # w's elements, as the (unread) bias argument of the stage's forward signature
             _lanes(grad_output, w, True, w.reshape(K * C * KH * KW), False, grad_input, 1, 1,
-                   KH - 1 - pt, KW - 1 - pl, False, workspace)
+                   KH - 1 - pt, KW - 1 - pl, False, workspace, None)
             return
         c_panels = (C + NR - 1) // NR
         CP = c_panels * NR

@@ -77,17 +77,21 @@ def over_channels(KH, KW, sh, sw, C, K, nr, l2_floats, l3_floats) -> bool:
 over_channels_jit = njit(inline="always")(over_channels)
 
 
-def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l2_floats, l3_floats):
+def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l2_floats, l3_floats,
+               transformed):
     """(shared W^T floats, private W^T floats per thread, images per group, floats of one
     image's zero-bordered planes (0 where the image is read in place), plane rows, plane
     columns). Where all of W^T fits half of L2 it is transposed once, shared, and units
     go image-major; else each thread transposes the panels its run of (panel-major) units
     meets, one at a time, into a panel of its own that stays in L2: W^T never goes out to
     memory and back (resnet18's 7x7 layer, 9.4 MB of it, scaled 1.6x from 1 to 2
-    threads). A group's planes take at most a quarter of L3."""
+    threads). A ``transformed`` kernel (all of W^T given) takes neither. A group's planes
+    take at most a quarter of L3."""
     R = C * KH * KW
     wt = (K + nr - 1) // nr * nr * R
     shared, private = (wt, 0) if 2 * wt <= l2_floats else (0, R * nr)
+    if transformed:
+        shared, private = 0, 0
     hp = (OH - 1) * sh + KH
     wp = (OW - 1) * sw + KW
     if pt == 0 and pl == 0 and hp <= H and wp <= W:
@@ -109,9 +113,9 @@ scratch_floats_jit = njit(inline="always")(scratch_floats)
 
 
 def lanes_workspace(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, mr, nr, width, l2_floats,
-                    l3_floats, threads) -> int:
+                    l3_floats, threads, transformed=False) -> int:
     shared, private, group, image = lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt,
-                                               pl, nr, l2_floats, l3_floats)[:4]
+                                               pl, nr, l2_floats, l3_floats, transformed)[:4]
     return shared + group * image + threads * (scratch_floats(mr, nr, width) + private)
 
 
@@ -255,23 +259,29 @@ def store_tile(nr: int, width: int):
     return helper(with_globals(store, NR=nr, width=width, **ops))
 
 
+# How a task's units run through W^T (lanes_task)
+IMAGE_MAJOR, PANEL_MAJOR, PRIVATE_PANELS = 0, 1, 2
+
+
 @functools.lru_cache(maxsize=None)
 def lanes_task(mr: int, long: int, nr: int, width: int):
-    """task(first, last, src, images, image, Ws, wf, flip, T, wt, private, off, bias,
-    has_bias, out, sh, sw, relu, s, n0): units first..last-1 of a group of images n0..
-    (unit = channel panel, image, output row, in that order, each panel transposed from wf
-    (``flip``: flipped_panel's, T taps) into the task's own ``wt`` as its units begin,
-    where ``private``; else, all of W^T in ``wt`` and in L2: image, output row, channel
-    panel, the row's image data reused from L1 by every panel), the group's images read
-    from src ``image`` floats apart, plane rows Ws floats long. At the LONG_STRIDES a row
-    runs in ``long``-pixel tiles, and what is left of it in tiles of at most ``mr``."""
+    """task(first, last, src, images, image, Ws, wf, flip, T, wt, order, off, bias,
+    has_bias, out, sh, sw, relu, s, n0): units first..last-1 of a group of images n0,
+    read from src ``image`` floats apart, plane rows Ws floats long. ``order``:
+    IMAGE_MAJOR: all of W^T is in ``wt`` and in L2; units are (image, output row, channel
+    panel), the row's image data reused from L1 by every panel. PANEL_MAJOR: all of W^T
+    is in ``wt``, too large for L2; units are (channel panel, image, output row), a panel
+    reused from L2 by every row. PRIVATE_PANELS: as PANEL_MAJOR, each panel transposed
+    from wf (``flip``: flipped_panel's, T taps) into the task's own ``wt`` as its units
+    begin. At the LONG_STRIDES a row runs in ``long``-pixel tiles, and what is left of it
+    in tiles of at most ``mr``."""
     micro = lanes_micro_any(mr, nr, width)
     long_stride1, long_stride2 = (lanes_micro_kernel(long, nr, width, stride)
                                   for stride in LONG_STRIDES)
     pack = transpose_panel(nr, width)
     pack_flipped = flipped_panel(nr)
 
-    def task(first, last, src, images, image, Ws, wf, flip, T, wt, private, off, bias,
+    def task(first, last, src, images, image, Ws, wf, flip, T, wt, order, off, bias,
              has_bias, out, sh, sw, relu, s, n0):
         K = out.shape[1]
         OH = out.shape[2]
@@ -284,17 +294,19 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
         block = s[MRB * NR:]        # one transposed width x width block
         have = -1
         for u in range(first, last):
-            if private:
+            if order != IMAGE_MAJOR:
                 kp = u // (images * OH)
                 n = u // OH - kp * images
                 oy = u % OH
-                if kp != have:
-                    if flip:
-                        pack_flipped(wf, wt, kp, 0, T)
-                    else:
-                        pack(wf, wt, kp, 0)
-                    have = kp
-                w0 = 0
+                w0 = kp * R * NR
+                if order == PRIVATE_PANELS:
+                    if kp != have:
+                        if flip:
+                            pack_flipped(wf, wt, kp, 0, T)
+                        else:
+                            pack(wf, wt, kp, 0)
+                        have = kp
+                    w0 = 0
             else:
                 n = u // (kpanels * OH)
                 oy = u // kpanels - n * OH
@@ -314,7 +326,8 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
                 micro(rows, R, wt, w0, src, row0 + ox0 * sw, off, sw, s)
                 store(s, block, out, n0 + n, kp, oy, ox0, rows, bias, has_bias, relu)
 
-    task = with_globals(task, MR=mr, LONG=long, MRB=(long + width - 1) // width * width,
+    task = with_globals(task, IMAGE_MAJOR=IMAGE_MAJOR, PRIVATE_PANELS=PRIVATE_PANELS, MR=mr,
+                        LONG=long, MRB=(long + width - 1) // width * width,
                         NR=nr, micro=micro, long_stride1=long_stride1,
                         long_stride2=long_stride2, store=store_tile(nr, width), pack=pack,
                         pack_flipped=pack_flipped)
@@ -326,13 +339,15 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
 def lanes_convolution(level):
     """The channel-lanes convolution for one level, a parallel stage that kernels call:
 
-    conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace)
+    conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace, panels)
 
     out = x correlated with w (K, C, KH, KW), plus the bias and ReLU; or, ``flip``, with
     W'[k, c, i, j] = w[c, k, KH - 1 - i, KW - 1 - j] (w is then (C, K, KH, KW)): a
     stride-1 input gradient is that correlation of grad_output padded by KH - 1 - pad_top
-    and KW - 1 - pad_left. ``workspace`` holds lanes_workspace(...) floats for the thread
-    count in effect (the count is read back from its length)."""
+    and KW - 1 - pad_left. ``panels``: None, or all of W^T already transposed (panel kp
+    as transpose_panel writes it, at kp * R * NR; shaped (K rounded up to NR, C, KH, KW)),
+    which w then is too, only its shape read. ``workspace`` holds lanes_workspace(...) floats for the
+    thread count in effect (the count is read back from its length)."""
     from nnjit.dispatch.registry import parallel_stage
     from nnjit.kernels.gemm import blocking, tile_shape
 
@@ -343,7 +358,7 @@ def lanes_convolution(level):
     width = level.vector_floats
     LSCRATCH = scratch_floats(LONG, LNR, width)
 
-    def conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace):
+    def conv(x, w, flip, bias, has_bias, out, sh, sw, pt, pl, relu, workspace, panels):
         N = x.shape[0]
         C = x.shape[1]
         H = x.shape[2]
@@ -353,15 +368,26 @@ def lanes_convolution(level):
         KW = w.shape[3]
         OH = out.shape[2]
         OW = out.shape[3]
+        if KH * KW == 1 and sh * sw == 1 and pt == 0 and pl == 0 and OH * OW == H * W:
+            # a 1x1 stride-1 unpadded layer's image is one row of pixels: long tiles run
+            # across its rows (7x7: 14 + 14 + 14 + 7 pixels, not seven tiles of 7)
+            x = x.reshape((N, C, 1, H * W))
+            out = out.reshape((N, K, 1, OH * OW))
+            H, W, OH, OW = 1, H * W, 1, OH * OW
         T = KH * KW
         R = C * T
         wf = w.reshape((w.shape[0], w.shape[1] * T))
+        transformed = panels is not None
         shared, private, group, image, Hs, Ws = _lanes_plan(
-            N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, LNR, L2_FLOATS, L3_FLOATS)
+            N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, LNR, L2_FLOATS, L3_FLOATS,
+            transformed)
         fixed = shared + group * image
         per_task = LSCRATCH + private
         threads = max(1, (workspace.shape[0] - fixed) // per_task)
         kpanels = (K + LNR - 1) // LNR
+        order = IMAGE_MAJOR if shared else PRIVATE_PANELS
+        if transformed:     # W^T given: reused from L2 whole, or a panel at a time
+            order = IMAGE_MAJOR if 2 * kpanels * LNR * R <= L2_FLOATS else PANEL_MAJOR
         if shared:
             for kp in prange(kpanels):
                 if flip:
@@ -395,13 +421,21 @@ def lanes_convolution(level):
             units = kpanels * images * OH
             for task in prange(threads):
                 s0 = fixed + task * per_task
-                wt = workspace[s0 + LSCRATCH:s0 + per_task] if private else workspace
-                _task(units * task // threads, units * (task + 1) // threads, src, images,
-                      image_floats, Ws, wf, flip, T, wt, private > 0, off, bias, has_bias,
-                      out, sh, sw, relu, workspace[s0:s0 + LSCRATCH], g0)
+                first = units * task // threads
+                last = units * (task + 1) // threads
+                scratch = workspace[s0:s0 + LSCRATCH]
+                if panels is None:
+                    wt = workspace[s0 + LSCRATCH:s0 + per_task] if private else workspace
+                    _task(first, last, src, images, image_floats, Ws, wf, flip, T, wt, order,
+                          off, bias, has_bias, out, sh, sw, relu, scratch, g0)
+                else:
+                    _task(first, last, src, images, image_floats, Ws, wf, flip, T,
+                          panels.reshape(panels.size), order, off, bias, has_bias, out, sh,
+                          sw, relu, scratch, g0)
 
     return parallel_stage(with_globals(
         conv, L2_FLOATS=L2_FLOATS, L3_FLOATS=L3_FLOATS, LNR=LNR, LSCRATCH=LSCRATCH,
+        IMAGE_MAJOR=IMAGE_MAJOR, PANEL_MAJOR=PANEL_MAJOR, PRIVATE_PANELS=PRIVATE_PANELS,
         prange=prange, np=np, _lanes_plan=lanes_plan_jit, _pack=transpose_panel(LNR, width),
         _pack_flipped=flipped_panel(LNR), _copy_row=bordered_row_copy(width),
         _task=lanes_task(LMR, LONG, LNR, width)))
