@@ -15,8 +15,9 @@ from nnjit.dispatch.registry import inspect_asm, warmup
 from nnjit.errors import *  # noqa: F401,F403  (the exception hierarchy is public)
 from nnjit.errors import NnjitError
 from nnjit.layers.activations import relu_input_gradient, relu_output, softmax_output
-from nnjit.layers.convolution import (convolution_inference, convolution_input_gradient,
-                                      convolution_kernel_gradient, convolution_output)
+from nnjit.layers.convolution import (TransformedKernel, convolution_inference,
+                                      convolution_input_gradient, convolution_kernel_gradient,
+                                      convolution_output, transform_kernel)
 from nnjit.layers.fully_connected import fully_connected_inference, fully_connected_output
 from nnjit.layers.plan import Decision, explain
 from nnjit.layers.pooling import max_pooling_output
@@ -24,11 +25,12 @@ from nnjit.layers.pooling import max_pooling_output
 __version__ = "0.1.0"
 
 __all__ = [
-    "CpuInfo", "Decision", "IsaLevel", "NnjitError", "convolution_inference",
+    "CpuInfo", "Decision", "IsaLevel", "NnjitError", "TransformedKernel",
+    "convolution_inference",
     "convolution_input_gradient", "convolution_kernel_gradient", "convolution_output",
     "cpu_info", "cpu_supports", "explain",
     "fully_connected_inference", "fully_connected_output",
     "get_isa", "get_num_threads", "inspect_asm", "isa_levels", "max_isa",
     "max_pooling_output", "relu_input_gradient", "relu_output", "set_max_isa",
-    "set_num_threads", "softmax_output", "warmup",
+    "set_num_threads", "softmax_output", "transform_kernel", "warmup",
 ]

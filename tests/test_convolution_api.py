@@ -62,6 +62,16 @@ GRAD = np.ones((2, 4, 6, 6), np.float32)        # output of X4 * W, no padding, 
      "kernel_size"),
     (lambda: nnjit.convolution_kernel_gradient(X4, GRAD, 3, algorithm="direct"),
      errors.UnsupportedAlgorithm, "supported"),
+    (lambda: nnjit.transform_kernel(W[0]), errors.InvalidShape, "w must be 4-D"),
+    (lambda: nnjit.transform_kernel(W.astype(np.float64)), errors.InvalidType, "float32"),
+    (lambda: nnjit.transform_kernel(W.tolist()), errors.InvalidType, "numpy.ndarray"),
+    (lambda: nnjit.transform_kernel(W[:0]), errors.InvalidOutputChannels, "output channels"),
+    (lambda: nnjit.transform_kernel(W, algorithm="direct"), errors.UnsupportedAlgorithm,
+     "direct never has one"),
+    (lambda: nnjit.transform_kernel(W, algorithm="wt8x8"), errors.UnsupportedAlgorithm,
+     "built for: implicit_gemm"),
+    (lambda: nnjit.transform_kernel(W, algorithm="winograd"), errors.InvalidAlgorithm,
+     "one of"),
 ])
 def test_bad_arguments(call, error, words):
     with pytest.raises(error, match=words):

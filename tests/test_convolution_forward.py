@@ -44,17 +44,19 @@ def expected(x4, w, bias, padding, stride):
 
 
 def check(rng, operation, batch, channels, out_channels, size, kernel, padding=0, stride=1,
-          algorithm="auto", tolerance=TOLERANCE, low=-0.1):
+          algorithm="auto", tolerance=TOLERANCE, low=-0.1, reuse=False):
     """Run `operation` with identity and ReLU (each against the oracle) on fresh U(low, 1)
-    data; the outputs are pre-filled with NaN so an unwritten element fails. Batch 1 runs
-    as convolution_inference too when `operation` is None."""
+    data; the outputs are pre-filled with NaN so an unwritten element fails. ``reuse``:
+    with the kernel as given and transformed (nnjit.transform_kernel), NNPACK's precompute
+    and reuse; the explanation returned is the last call's."""
     shape = (batch, channels) + pair(size)
     x = uniform(rng, shape, low, 1.0)
     w = uniform(rng, (out_channels, channels) + pair(kernel), low, 1.0)
     bias = uniform(rng, (out_channels,), low, 1.0)
     ref = expected(x, w, bias, padding, stride)
     layer = getattr(nnjit, operation)
-    for activation in ("identity", "relu"):
+    kernels = [w, nnjit.transform_kernel(w)] if reuse else [w]
+    for activation, w in itertools.product(("identity", "relu"), kernels):
         want = np.maximum(ref, 0) if activation == "relu" else ref
         if operation == "convolution_inference":
             assert batch == 1
@@ -99,6 +101,8 @@ def test_smoke_inference(level, rng, case, size, kernel):
         decision = check(rng, INF, 1, 1, 1, size, kernel)
     assert decision.algorithm == "implicit_gemm"
     assert decision.level.name == level
+    decision = check(rng, INF, 1, 1, 1, size, kernel, reuse=True)
+    assert decision.algorithm == "implicit_gemm_reuse" and decision.level.name == level
 
 
 @pytest.mark.parametrize("case,size,kernel", SMOKE)
@@ -138,7 +142,7 @@ STRIDED = [(3, 1), (3, 0), (1, 0), ((2, 3), (0, 1, 2, 0)), (7, 3), (3, (4, 0, 1,
 @pytest.mark.parametrize("stride", [2, 3, (2, 1), (1, 3)])
 def test_strided_and_padded(level, rng, stride):
     for kernel, padding in STRIDED:
-        check(rng, INF, 1, 5, 7, (17, 20), kernel, padding, stride)
+        check(rng, INF, 1, 5, 7, (17, 20), kernel, padding, stride, reuse=True)
 
 
 @pytest.mark.parametrize("stride", [2, 3, (2, 1)])
@@ -150,7 +154,7 @@ def test_strided_and_padded_batch(best, rng, stride):
 def test_padding_larger_than_kernel(level, rng):
     """Output rows and columns made of padding only: bias (and ReLU) alone."""
     for padding, stride in [((5, 4, 3, 6), 1), ((6, 0, 7, 2), 2), (4, (3, 2))]:
-        check(rng, INF, 1, 3, 4, (6, 7), 3, padding, stride, low=-1.0)
+        check(rng, INF, 1, 3, 4, (6, 7), 3, padding, stride, low=-1.0, reuse=True)
 
 
 def test_relu_applies_after_bias(level, rng):
@@ -295,7 +299,7 @@ def test_channel_lanes_path(level, rng):
         assert kernel != 1 or not dots(level, batch, c, size, padding, stride)
         for algorithm in ("auto", "implicit_gemm") if (kernel, stride) == (1, 1) else ("auto",):
             check(rng, OUT if batch > 1 else INF, batch, c, k, size, kernel, padding, stride,
-                  algorithm=algorithm)
+                  algorithm=algorithm, reuse=algorithm == "auto")
     assert not lanes(level, 1, nr, 2 * nr) and not lanes(level, 1, 2 * nr, 4 * nr)
 
 
@@ -310,17 +314,19 @@ def test_channel_lanes_threads_and_groups(best, rng):
     mr, nr = lanes_tile(lv)
     kc, mc, nc = blocking(*tile_shape(lv))
     big = (3, 64, nr, 128, 3, 1, 1)
-    plan = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, mc * kc, nc * kc)
+    plan = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, mc * kc, nc * kc,
+                      False)
     assert plan[0] > 0 and plan[2] < 3                      # shared W^T, groups
     private = (2, 640, 2 * nr, 40, 3, 1, 1)
-    plan = lanes_plan(2, 640, 40, 40, 2 * nr, 3, 3, 40, 40, 1, 1, 1, 1, nr, mc * kc, nc * kc)
+    plan = lanes_plan(2, 640, 40, 40, 2 * nr, 3, 3, 40, 40, 1, 1, 1, 1, nr, mc * kc, nc * kc,
+                      False)
     assert plan[1] > 0 and plan[2] < 2                      # private panels, groups
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
             nnjit.set_num_threads(threads)
-            check(rng, OUT, 3, 8, 2 * nr, 9, 3, 1, 1)       # W^T in L2: image-major
-            check(rng, INF, 1, 400, 3 * nr, 6, 3, 1, 1)     # panel-major
+            check(rng, OUT, 3, 8, 2 * nr, 9, 3, 1, 1, reuse=True)   # W^T in L2: image-major
+            check(rng, INF, 1, 400, 3 * nr, 6, 3, 1, 1, reuse=True)  # panel-major
             assert 2 * 3 * nr * 400 * 9 > mc * kc
         check(rng, OUT, *big)
         check(rng, OUT, *private)
@@ -485,8 +491,62 @@ def test_model_layers(best, rng, name):
     channels, out_channels, side, kernel, padding, stride = MODEL_LAYERS[name]
     tolerance = 1e-4 if name.startswith("vgg") else TOLERANCE
     decision = check(rng, INF, 1, channels, out_channels, side, kernel, padding, stride,
-                     tolerance=tolerance)
-    assert decision.algorithm == ("direct" if kernel == 1 and stride == 1 else "implicit_gemm")
+                     tolerance=tolerance, reuse=True)
+    assert decision.algorithm == "implicit_gemm_reuse"
+    computed = nnjit.explain(INF, np.empty((channels, side, side), np.float32),
+                             np.empty((out_channels, channels, kernel, kernel), np.float32),
+                             padding=padding, stride=stride)
+    assert computed.algorithm == ("direct" if kernel == 1 and stride == 1 else "implicit_gemm")
     if name in ("alexnet.conv2", "resnet18.l2.3x3s2", "resnet50.l3.1x1a"):
         check(rng, OUT, 2, channels, out_channels, side, kernel, padding, stride,
               tolerance=tolerance)
+
+
+# ----------------------------------------------------------------- transformed kernels
+
+def test_transformed_kernel_is_a_copy_made_once(best, rng):
+    """A transformed kernel keeps what w was when it was made; it serves both forward
+    layers, batched; it reports what it is."""
+    x = uniform(rng, (2, 6, 9, 9), -0.1, 1.0)
+    w = uniform(rng, (10, 6, 3, 3), -0.1, 1.0)
+    bias = uniform(rng, (10,), -0.1, 1.0)
+    ref = expected(x, w, bias, 1, 1)
+    transformed = nnjit.transform_kernel(w)
+    w[:] = 0
+    assert max_relative_error(ref, nnjit.convolution_output(x, transformed, bias, padding=1)) \
+        < TOLERANCE
+    assert max_relative_error(ref[1], nnjit.convolution_inference(
+        x[1], transformed, bias, padding=1, algorithm="implicit_gemm")) < TOLERANCE
+    assert transformed.shape == (10, 6, 3, 3) and transformed.algorithm == "implicit_gemm"
+    assert transformed.level.name == best and transformed.nbytes >= 10 * 6 * 9 * 4
+    assert "implicit_gemm" in repr(transformed)
+
+
+def test_transformed_kernel_errors_write_nothing(best, rng):
+    """A transformed kernel is checked as w is (channels, bias, algorithm); it serves the
+    forward layers only, and only at levels that read its layout."""
+    x = uniform(rng, (1, 4, 8, 8), -0.1, 1.0)
+    transformed = nnjit.transform_kernel(uniform(rng, (5, 4, 3, 3), -0.1, 1.0))
+    out = np.full((1, 5, 6, 6), 7.0, np.float32)
+    bad = [
+        (lambda: nnjit.convolution_output(x[:, :3], transformed, out=out),
+         nnjit.InvalidShape, "expects 4"),
+        (lambda: nnjit.convolution_output(x, transformed, np.ones(4, np.float32), out=out),
+         nnjit.InvalidShape, "bias"),
+        (lambda: nnjit.convolution_output(x, transformed, algorithm="direct", out=out),
+         nnjit.UnsupportedAlgorithm, "transformed for 'implicit_gemm'"),
+        (lambda: nnjit.convolution_input_gradient(out, transformed, (8, 8)),
+         nnjit.InvalidType, "forward"),
+    ]
+    from nnjit.kernels.conv_forward import transform_layout
+    other = [lv for lv in nnjit.cpu_info().runnable
+             if transform_layout(lv) != transform_layout(level_named(best))]
+    if other:
+        def elsewhere():
+            with nnjit.max_isa(other[-1].name):
+                nnjit.convolution_output(x, transformed, out=out)
+        bad.append((elsewhere, nnjit.UnsupportedTransformStrategy, "transform it again"))
+    for call, error, words in bad:
+        with pytest.raises(error, match=words):
+            call()
+        assert (out == 7.0).all()

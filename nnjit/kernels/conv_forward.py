@@ -46,7 +46,7 @@ from nnjit.kernels.codegen import define
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
 from nnjit.kernels.conv_dot import dot_convolution, dot_workspace, dotted, dotted_jit
 from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace, long_tile,
-                                      over_channels, over_channels_jit)
+                                      over_channels, over_channels_jit, transpose_panel)
 from nnjit.kernels.fully_connected import fc_micro_kernel
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import boolean, i64, reads, void, writes
@@ -357,7 +357,7 @@ def _build(level, pointwise: bool):
             return
         if _over_channels(KH, KW, sh, sw, C, K, LNR, L2_FLOATS, L3_FLOATS):
             # channels in the lanes (nnjit.kernels.conv_lanes)
-            _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace)
+            _lanes(x, w, False, bias, True, out, sh, sw, pt, pl, relu, workspace, None)
             return
         if BANDS and _banded(sh, sw, KH, KW, OH, OW, C, K, KC, MR, NR, L2_FLOATS, False):
             # the thread count the workspace was sized for (threads x per-thread floats)
@@ -563,3 +563,78 @@ def direct(level):
     (padding, if any, through the implicit GEMM packer); or, where over_channels takes
     the layer, x[n]^T @ W^T with the pixels broadcast from x in place (conv_lanes)."""
     return _build(level, pointwise=True)
+
+
+# Kernel transforms (NNPACK's precompute / reuse strategies): W is transformed once into the
+# layout the channel-lanes path reads, and every forward call with it skips the transform:
+# at 7x7 a sixth of the layer's time (conv_lanes), and the reason mobilenet.pw14 ran as dot
+# products (conv_dot) rather than in channel lanes, 25% faster at 1 thread without it.
+
+def transform_layout(level) -> int:
+    """What a level's transformed kernels' layout depends on: their panels' channels (NR).
+    Levels that agree read each other's."""
+    return lanes_tile(level)[1]
+
+
+def transformed_shape(level, w_shape) -> tuple[int, int, int, int]:
+    """The shape of W^T's panels as a transformed kernel holds them: W's, with K rounded up
+    to whole NR-channel panels (the panels' floats, in conv_lanes' order, not W's)."""
+    nr = transform_layout(level)
+    k, c, kh, kw = w_shape
+    return (k + nr - 1) // nr * nr, c, kh, kw
+
+
+@kernel("convolution_kernel_transform", "implicit_gemm", signatures=void(reads(4), writes(4)))
+def implicit_gemm_kernel_transform(level):
+    """transform(w, panels): W (K, C, KH, KW) into W^T's NR-channel panels, each R x NR
+    with the channels contiguous (conv_lanes.transpose_panel's layout), zero past K."""
+    nr = lanes_tile(level)[1]
+
+    def transform(w, panels):
+        K = w.shape[0]
+        R = w.shape[1] * w.shape[2] * w.shape[3]
+        wf = w.reshape((K, R))
+        flat = panels.reshape(panels.size)
+        for kp in prange((K + NR - 1) // NR):
+            _pack(wf, flat, kp, kp * R * NR)
+
+    return with_globals(transform, NR=nr, prange=prange,
+                        _pack=transpose_panel(nr, level.vector_floats))
+
+
+def reuse_workspace_floats(level, x, panels, bias, out, sh, sw, pt, pl, relu) -> int:
+    """Floats of workspace of a forward call with a transformed kernel: conv_lanes' without
+    W^T."""
+    from nnjit.dispatch.policy import get_num_threads
+
+    mr, nr = tile_shape(level)
+    kc, mc, nc = blocking(mr, nr)
+    n, c, h, w_ = x.shape
+    _, _, kh, kw = panels.shape
+    return lanes_workspace(n, c, h, w_, out.shape[1], kh, kw, out.shape[2], out.shape[3], sh,
+                           sw, pt, pl, long_tile(level), lanes_tile(level)[1],
+                           level.vector_floats, mc * kc, nc * kc, get_num_threads(),
+                           transformed=True)
+
+
+# The panels are typed writeable (nothing writes them) so that the channel-lanes tasks see
+# them as they see their workspace: a read-only type would not reach the code that packs.
+_REUSE_SIGNATURE = void(reads(4), writes(4), reads(1), writes(4), i64, i64, i64, i64, boolean,
+                        writes(1))
+
+
+# parallel=False: the parallel loops are the channel-lanes stage's, compiled with its own.
+@kernel("convolution_inference", "implicit_gemm_reuse", signatures=_REUSE_SIGNATURE,
+        parallel=False, multiply_adds=True, workspace=reuse_workspace_floats)
+@kernel("convolution_output", "implicit_gemm_reuse", signatures=_REUSE_SIGNATURE,
+        parallel=False, multiply_adds=True, workspace=reuse_workspace_floats)
+def implicit_gemm_reuse(level):
+    """conv(x, panels, bias, out, sh, sw, pt, pl, relu, workspace): the forward
+    convolution with a transformed kernel (implicit_gemm_kernel_transform's panels), any
+    kernel, stride and padding, output channels in the lanes (conv_lanes)."""
+    lanes = lanes_convolution(level)
+
+    def conv(x, panels, bias, out, sh, sw, pt, pl, relu, workspace):
+        _lanes(x, panels, False, bias, True, out, sh, sw, pt, pl, relu, workspace, panels)
+
+    return with_globals(conv, _lanes=lanes)

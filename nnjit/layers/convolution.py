@@ -102,11 +102,81 @@ def _no_bias(channels: int) -> np.ndarray:
     return zeros
 
 
+class TransformedKernel:
+    """A convolution kernel transformed once, for every forward call to reuse (NNPACK's
+    ``precompute`` and ``reuse`` transform strategies): made by ``transform_kernel``, passed
+    as ``w`` to ``convolution_inference`` and ``convolution_output``. It holds its own
+    copy of the weights, in the layout of the ISA level it was made at: a call at a level
+    whose layout differs (after ``set_max_isa``) raises, and the kernel must be made again.
+
+    ``shape``: the kernel's (K, C, KH, KW); ``algorithm``: the algorithm it serves;
+    ``level``: the IsaLevel it was made for; ``nbytes``: the memory it holds."""
+
+    __slots__ = ("shape", "algorithm", "level", "layout", "_panels")
+
+    def __init__(self, shape, algorithm, level, layout, panels):
+        self.shape = shape
+        self.algorithm = algorithm
+        self.level = level
+        self.layout = layout        # conv_forward.transform_layout(level)
+        # In that layout. Writeable only for the kernel's signature: nothing writes it, and
+        # it is not handed out (a transformed kernel stays what it was made from).
+        self._panels = panels
+
+    @property
+    def nbytes(self) -> int:
+        return self._panels.nbytes
+
+    def __repr__(self) -> str:
+        return (f"TransformedKernel(shape={self.shape}, algorithm={self.algorithm!r}, "
+                f"level={self.level.name!r})")
+
+
+TRANSFORM = "convolution_kernel_transform"
+
+
+def transform_kernel(w, *, algorithm="implicit_gemm") -> TransformedKernel:
+    """Transform a convolution kernel w (K, C, KH, KW) once, for ``algorithm``, at the ISA
+    level in effect; pass the result as ``w`` to convolution_inference or
+    convolution_output, which then skip the transform on every call. w itself is not
+    kept: changing it later does not change the transformed kernel."""
+    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+    _nonempty_kernel(w.shape)
+    transforms = _built(TRANSFORM)
+    if algorithm not in transforms:
+        if algorithm not in ALGORITHMS:
+            raise errors.InvalidAlgorithm(
+                f"algorithm={algorithm!r}: must be one of {ALGORITHMS}")
+        raise errors.UnsupportedAlgorithm(
+            f"algorithm={algorithm!r} has no kernel transform (direct never has one: it "
+            f"reads w as it is); kernel transforms are built for: {', '.join(sorted(transforms))}")
+    from nnjit.dispatch import policy
+    from nnjit.kernels.conv_forward import transform_layout, transformed_shape
+
+    level = policy.get_isa()
+    panels = np.empty(transformed_shape(level, w.shape), dtype=np.float32)
+    policy.apply_num_threads()
+    registry.variant(TRANSFORM, algorithm, level)(w, panels)
+    return TransformedKernel(w.shape, algorithm, level, transform_layout(level), panels)
+
+
+def _reused(w: TransformedKernel, level) -> None:
+    """A transformed kernel's layout must be the one the call's level reads."""
+    from nnjit.kernels.conv_forward import transform_layout
+
+    if transform_layout(level) != w.layout:
+        raise errors.UnsupportedTransformStrategy(
+            f"w was transformed at ISA level {w.level.name}, whose layout level "
+            f"{level.name} (now in effect) does not read: transform it again with "
+            "nnjit.transform_kernel")
+
+
 @static
 def _forward_decision(operation, x_shape, w_shape, bias_shape, padding, stride, algorithm,
-                      activation):
+                      activation, reuse):
     """(output shape, kernel scalars, algorithm, why, described arguments) of a forward
-    call on a batch of x_shape."""
+    call on a batch of x_shape; ``reuse``: the algorithm of the transformed kernel given
+    as w, or None."""
     _nonempty_kernel(w_shape)
     _nonempty_image("x", x_shape)
     _channels_match("x", x_shape, 1, w_shape, 1, "input channels")
@@ -116,7 +186,14 @@ def _forward_decision(operation, x_shape, w_shape, bias_shape, padding, stride, 
         raise errors.InvalidShape(f"bias has {bias_shape[0]} elements, w has {w_shape[0]} "
                                   "output channels")
     out_h, out_w = output_size(x_shape[2:], w_shape[2:], pads, strides)
-    chosen, why = _choose(operation, algorithm, w_shape[2:], strides)
+    if reuse is None:
+        chosen, why = _choose(operation, algorithm, w_shape[2:], strides)
+    elif algorithm in ("auto", reuse):
+        chosen, why = f"{reuse}_reuse", f"w is a kernel transformed for {reuse}"
+    else:
+        raise errors.UnsupportedAlgorithm(
+            f"algorithm={algorithm!r}: w is a kernel transformed for {reuse!r}, which only "
+            f"algorithm={reuse!r} or 'auto' can use")
     return ((x_shape[0], w_shape[0], out_h, out_w),
             (strides[0], strides[1], pads[0], pads[3], relu), chosen, why,
             dict(x=x_shape, w=w_shape, padding=pads, stride=strides, activation=activation))
@@ -125,28 +202,37 @@ def _forward_decision(operation, x_shape, w_shape, bias_shape, padding, stride, 
 def _forward(operation, x, w, bias, padding, stride, algorithm, activation, out, batched):
     x = checks.array("x", x, 4 if batched else 3,
                      what=" (N, C, H, W)" if batched else " (C, H, W)")
-    w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+    level = None
+    if isinstance(w, TransformedKernel):
+        from nnjit.dispatch import policy
+
+        level = policy.effective_level()
+        _reused(w, level[0])
+        reuse, kernel_w, inputs = w.algorithm, w._panels, {"x": x}
+    else:
+        w = checks.array("w", w, 4, what=" (K, C, KH, KW)")
+        reuse, kernel_w, inputs = None, w, {"x": x, "w": w}
     if bias is not None:
-        bias = checks.array("bias", bias, 1, what=" (K,)")
+        bias = inputs["bias"] = checks.array("bias", bias, 1, what=" (K,)")
     x4 = x if batched else x[None]
     key = (operation, x4.shape, w.shape, None if bias is None else bias.shape,
-           setting(padding), setting(stride), algorithm, activation)
+           setting(padding), setting(stride), algorithm, activation, reuse)
     shape, scalars, chosen, why, described = _forward_decision(*key)
-    inputs = {"x": x, "w": w} if bias is None else {"x": x, "w": w, "bias": bias}
     out = checks.output("out", out, shape if batched else shape[1:], inputs)
     if not batched:
         described = dict(described, x=x.shape)
     return decide(operation, chosen, why, described,
-                  (x4, w, _no_bias(w.shape[0]) if bias is None else bias,
-                   out if batched else out[None]) + scalars, out, key)
+                  (x4, kernel_w, _no_bias(w.shape[0]) if bias is None else bias,
+                   out if batched else out[None]) + scalars, out, key, level)
 
 
 @layer
 def convolution_inference(x, w, bias=None, *, padding=0, stride=1, algorithm="auto",
                           activation="identity", out=None):
-    """Convolution of one image: x (C, H, W), w (K, C, KH, KW), bias (K,) or None ->
-    (K, OH, OW). ``padding``: int, (pad_h, pad_w) or (top, right, bottom, left); ``stride``:
-    int or (sh, sw); ``activation``: "identity" or "relu" (after the bias)."""
+    """Convolution of one image: x (C, H, W), w (K, C, KH, KW) or a TransformedKernel,
+    bias (K,) or None -> (K, OH, OW). ``padding``: int, (pad_h, pad_w) or (top, right,
+    bottom, left); ``stride``: int or (sh, sw); ``activation``: "identity" or "relu"
+    (after the bias)."""
     return _forward("convolution_inference", x, w, bias, padding, stride, algorithm,
                     activation, out, batched=False)
 
@@ -154,7 +240,8 @@ def convolution_inference(x, w, bias=None, *, padding=0, stride=1, algorithm="au
 @layer
 def convolution_output(x, w, bias=None, *, padding=0, stride=1, algorithm="auto",
                        activation="identity", out=None):
-    """Training-forward convolution: x (N, C, H, W), w (K, C, KH, KW) -> (N, K, OH, OW)."""
+    """Training-forward convolution: x (N, C, H, W), w (K, C, KH, KW) or a
+    TransformedKernel -> (N, K, OH, OW)."""
     return _forward("convolution_output", x, w, bias, padding, stride, algorithm, activation,
                     out, batched=True)
 
@@ -211,6 +298,11 @@ def _gradient(operation, decision, first, second, size, padding, stride, algorit
     """A gradient call: its two 4-D arrays (name, array, shape words) checked, the rest
     decided (memoized) from their shapes, the size and the settings."""
     (name_a, a, what_a), (name_b, b, what_b) = first, second
+    for name, value in ((name_a, a), (name_b, b)):
+        if isinstance(value, TransformedKernel):
+            raise errors.InvalidType(
+                f"{name} is a TransformedKernel, which only the forward layers "
+                "(convolution_inference, convolution_output) take; pass the kernel array")
     a = checks.array(name_a, a, 4, what=what_a)
     b = checks.array(name_b, b, 4, what=what_b)
     key = (a.shape, b.shape, setting(size), setting(padding), setting(stride), algorithm)
