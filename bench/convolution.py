@@ -1,5 +1,7 @@
 """GFLOP/s (2 * N * K * C * OH * OW * KH * KW / time) of nnjit's forward convolution
-(implicit_gemm, and direct for 1x1 stride 1) against torch (F.conv2d: oneDNN), ncnn (its
+(implicit_gemm, direct for 1x1 stride 1, and nnjit_reuse: a kernel transformed once by
+nnjit.transform_kernel, as ncnn and onnxruntime pack theirs when the net or session is
+made) against torch (F.conv2d: oneDNN), ncnn (its
 Convolution layer in a two-layer Net, one image at a time) and onnxruntime (a one-node Conv
 graph with the weights as initializers, IO binding), float32, on every convolution layer of
 reference/peer-results.md.
@@ -60,7 +62,7 @@ CONFIGS = {
     "resnet18.l3.3x3/16": (16, 256, 256, 14, 3, 1, 1),
     "resnet50.l1.1x1a/16": (16, 256, 64, 56, 1, 0, 1),
 }
-LIBRARIES = ("nnjit", "nnjit_direct", "torch", "ncnn", "ort")
+LIBRARIES = ("nnjit", "nnjit_direct", "nnjit_reuse", "torch", "ncnn", "ort")
 PEERS = ("torch", "ncnn", "ort")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -96,6 +98,8 @@ def nnjit_runner(name, x, w, b, threads, algorithm):
     n, c, k, h, ks, p, s = CONFIGS[name]
     if algorithm == "direct" and not (ks == 1 and s == 1):
         raise NotImplementedError("direct: 1x1 stride 1 only")
+    if algorithm == "reuse":        # transformed once, outside the timed calls
+        w, algorithm = nnjit.transform_kernel(w), "auto"
     o = out_side(h, ks, p, s)
     out = np.empty((n, k, o, o), np.float32)
     return (lambda: nnjit.convolution_output(x, w, b, padding=p, stride=s,
@@ -208,6 +212,8 @@ def make_runner(lib, name, x, w, b, threads):
         return nnjit_runner(name, x, w, b, threads, "implicit_gemm")
     if lib == "nnjit_direct":
         return nnjit_runner(name, x, w, b, threads, "direct")
+    if lib == "nnjit_reuse":
+        return nnjit_runner(name, x, w, b, threads, "reuse")
     return {"torch": torch_runner, "ncnn": ncnn_runner, "ort": ort_runner}[lib](
         name, x, w, b, threads)
 
@@ -315,10 +321,11 @@ def main() -> None:
         cell = row.get(lib, {})
         return cell.get("gflops")
 
-    print("GFLOP/s (lowest pass median); ratio = nnjit best algorithm / best of "
-          "torch, ncnn, ort; spread = nnjit's pass-to-pass difference; ! = error > 1e-3")
+    print("GFLOP/s (lowest pass median); vs best = nnjit's best algorithm / best of "
+          "torch, ncnn, ort; reuse = nnjit_reuse / best of them; spread = nnjit's "
+          "pass-to-pass difference; ! = error > 1e-3")
     print(f"{'config':<22} {'thr':>3} " + " ".join(f"{lib:>12}" for lib in args.libs)
-          + "  vs best  vs torch  spread")
+          + "  vs best  vs torch    reuse  spread")
     for row in rows:
         cells = []
         for lib in args.libs:
@@ -329,9 +336,12 @@ def main() -> None:
         peers = [g(row, lib) for lib in PEERS if g(row, lib)]
         vs_best = f"{ours / max(peers):>7.2f}x" if ours and peers else f"{'':>8}"
         vs_torch = f"{ours / g(row, 'torch'):>8.2f}x" if ours and g(row, "torch") else f"{'':>9}"
-        spread = max(row.get(lib, {}).get("spread", 0) for lib in ("nnjit", "nnjit_direct"))
+        reuse = g(row, "nnjit_reuse")
+        vs_reuse = f"{reuse / max(peers):>7.2f}x" if reuse and peers else f"{'':>8}"
+        spread = max(row.get(lib, {}).get("spread", 0)
+                     for lib in ("nnjit", "nnjit_direct", "nnjit_reuse"))
         print(f"{row['config']:<22} {row['threads']:>3} {' '.join(cells)} {vs_best} "
-              f"{vs_torch} {spread:>6.0%}")
+              f"{vs_torch} {vs_reuse} {spread:>6.0%}")
     for key, note in notes.items():
         print("note:", key, note[:160])
     print("results:", path)
