@@ -55,6 +55,12 @@ def aarch64_cases():
             for operation, algorithm in KERNELS for level in ("neon", "sve")]
 
 
+# Kernels whose vector work is all explicit fixed-width register code (the kernel transform:
+# 4 x 4 register transposes), with no loop left for LLVM's scalable vectoriser: at the sve
+# level they are NEON code, as fixed-width vectors are on SVE hardware.
+FIXED_WIDTH_ONLY = {("convolution_kernel_transform", "implicit_gemm")}
+
+
 @pytest.mark.parametrize("operation,algorithm,level", aarch64_cases())
 def test_aarch64_levels_compile_to_neon_or_sve(operation, algorithm, level):
     """Cross-compiled, never run: AArch64 code uses NEON v-registers (SVE z-registers on the
@@ -63,7 +69,7 @@ def test_aarch64_levels_compile_to_neon_or_sve(operation, algorithm, level):
     neon = bool(re.search(r"\bv\d+\.(4s|2s|16b|8b|2d)\b", asm))
     sve = bool(re.search(r"\bz\d+\.[bhsd]\b", asm))
     assert neon or (level == "sve" and sve)
-    if level == "sve":
+    if level == "sve" and (operation, algorithm) not in FIXED_WIDTH_ONLY:
         assert sve
     assert ("fmla" in asm) == registry.spec(operation, algorithm).multiply_adds
     assert not registers(asm)
