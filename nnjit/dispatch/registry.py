@@ -211,15 +211,20 @@ def workspace_buffer(floats: int):
     starting on a cache line: kernels lay packed panels and transposed rows out in whole
     lines from its start, and at NumPy's 16-byte alignment each vector load of them
     straddled two lines (mobilenet.pw14's x^T rows: 2-3% of the layer)."""
-    import numpy as np
-
     floats = max(floats, 1)
     buffer = getattr(_workspaces, "buffer", None)
     if buffer is None or buffer.shape[0] < floats:
-        raw = np.empty(floats + WORKSPACE_ALIGNMENT // 4, dtype=np.float32)
-        start = -raw.ctypes.data % WORKSPACE_ALIGNMENT // 4
-        buffer = _workspaces.buffer = raw[start:start + floats]
+        buffer = _workspaces.buffer = aligned_empty(floats)
     return buffer[:floats]
+
+
+def aligned_empty(floats: int):
+    """An uninitialised 1-D float32 array starting on a cache line (WORKSPACE_ALIGNMENT)."""
+    import numpy as np
+
+    raw = np.empty(floats + WORKSPACE_ALIGNMENT // 4, dtype=np.float32)
+    start = -raw.ctypes.data % WORKSPACE_ALIGNMENT // 4
+    return raw[start:start + floats]
 
 
 def compiled_variants() -> dict:

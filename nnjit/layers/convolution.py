@@ -154,7 +154,10 @@ def transform_kernel(w, *, algorithm="implicit_gemm") -> TransformedKernel:
     from nnjit.kernels.conv_forward import transform_layout, transformed_shape
 
     level = policy.get_isa()
-    panels = np.empty(transformed_shape(level, w.shape), dtype=np.float32)
+    shape = transformed_shape(level, w.shape)
+    # on a cache line, as the workspace the panels are otherwise transposed into: at
+    # NumPy's 16-byte alignment every vector load of them straddles two lines
+    panels = registry.aligned_empty(int(np.prod(shape))).reshape(shape)
     policy.apply_num_threads()
     registry.variant(TRANSFORM, algorithm, level)(w, panels)
     return TransformedKernel(w.shape, algorithm, level, transform_layout(level), panels)
