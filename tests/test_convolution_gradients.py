@@ -217,7 +217,8 @@ def test_input_gradient_flipped_lanes(level, rng):
     past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
     a last channel panel partly past C, a batch, a 1x1 kernel; every thread count. Top or
     left padding past the kernel, a stride, too few channels, a 1x1 kernel with more
-    channels out than in, or rows that waste tile lanes take the phase GEMMs instead."""
+    channels out than in, rows that waste tile lanes, or rows of at most two tiles with a
+    deep reduction take the phase GEMMs instead."""
     import numba
 
     from nnjit.dispatch.isa import level_named
@@ -249,6 +250,13 @@ def test_input_gradient_flipped_lanes(level, rng):
         assert input_gradient_error(rng, 1, c, 4, size, (3, 3), padding, stride) < DIRECT
     assert not flipped(level, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0)   # 1x1, 64 -> 128
     assert input_gradient_error(rng, 1, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0) < DIRECT
+    from nnjit.kernels.conv_gradients import DEEP_REDUCTION
+
+    deep = -(-DEEP_REDUCTION // 9)          # grad_output channels: R = 9 * deep
+    assert flipped(level, nr, deep - 1, (4, 2 * mr), (3, 3), 1)
+    assert flipped(level, nr, deep, (4, 3 * mr), (3, 3), 1)        # three tiles a row
+    assert not flipped(level, nr, deep, (4, 2 * mr), (3, 3), 1)
+    assert input_gradient_error(rng, 1, nr, deep, (4, 2 * mr), (3, 3), 1) < DIRECT
 
 
 # ---------------------------------------------------------------------------- the API

@@ -1,8 +1,8 @@
 """Convolution gradients as implicit GEMMs on the packed GEMM engine's register tiles.
 
-Both kernels take the level's tile shape (MR x NR) and reduction depth KC from
-nnjit.kernels.gemm (tile_shape, blocking: NNPACK's cache budgets) and never materialise an
-im2col / col2im buffer of a whole tensor.
+Both kernels take the level's tile shape (MR x NR) and cache budgets from nnjit.kernels.gemm
+(tile_shape, blocking: NNPACK's rules) and never materialise an im2col / col2im buffer of a
+whole tensor.
 
 ``convolution_input_gradient`` / ``implicit_gemm``
     Stride 1 (``flipped_lanes``): the forward channel-lanes path's correlation of
@@ -122,18 +122,25 @@ _band_floats_jit = njit(with_globals(_band_floats, _phase=_phase_jit,
                                      _phase_band_rows=_phase_band_rows_jit))
 
 
+# Reduction rows from which narrow rows run better as phase GEMMs (flipped_lanes).
+DEEP_REDUCTION = 1536
+
+
 def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, mr, nr, l2_floats, l3_floats) -> bool:
     """Whether an input gradient (input width W) runs as the forward channel-lanes path's
     correlation of grad_output (K channels) with the flipped, transposed kernel (C output
     channels), padded by KH - 1 - pad_top and KW - 1 - pad_left: stride 1, top and left
     padding within the kernel (bottom and right ones past it only drop grad_output rows
     that meet no input), the shape conv_lanes.over_channels takes, and rows that split
-    into tiles of MR pixels with under 5% of their lanes idle. The phase GEMMs below run
-    pixels across rows and images, without idle lanes: 12- and 13-wide rows (6 + 6,
-    7 + 6) were 6-9% slower on the lanes at one thread; 14- and 56-wide ones 0-10% faster
-    (batch 16, same-run A/B; at two threads 1-11% faster)."""
+    into tiles of MR pixels with under 5% of their lanes idle, unless the rows are at most
+    two tiles wide and the reduction deep (R = K*KH*KW >= DEEP_REDUCTION). The phase GEMMs
+    below run pixels across rows and images, without idle lanes, and slice R in L2:
+    12- and 13-wide rows (6 + 6, 7 + 6) were 6-9% slower on the lanes at one thread;
+    14-wide ones 5-8% slower at R 1728-4608 (3-6% at two threads), as fast at R 1152 and
+    11% faster at R 576; 27- to 56-wide ones 3-16% faster (batch 16, same-run A/B)."""
     tiles = (W + mr - 1) // mr
     return (sh == 1 and sw == 1 and pt < KH and pl < KW and 20 * W >= 19 * tiles * mr
+            and (W > 2 * mr or K * KH * KW < DEEP_REDUCTION)
             and over_channels(KH, KW, 1, 1, K, C, nr, l2_floats, l3_floats))
 
 
@@ -160,6 +167,15 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
     pixels = _pixel_group(cp, mr) * mr
     return (cp * k * kh * kw + TASKS * pixels * cp
             + TASKS * _band_floats(k, kh, kw, n, h, w_, sh, sw, pt, pl, pixels, wg))
+
+
+def _input_gradient_depth(l2_floats, nr):
+    """Rows of W^T per reduction slice, at most: slices (KC x NR) of a quarter of the L2
+    budget. The band is read in place, not packed into L1-sized panels, so NNPACK's L1 rule
+    (KC = 210 at 7 x 32) does not bind; at that depth each micro-kernel call's fixed cost
+    (MR base loads, the C tile's reload and store) was 3-5% of the layer (overfeat.conv3 and
+    alexnet.conv5 at batch 16: 1536 and 1152 rows 2-5% faster at 1 and 2 threads)."""
+    return max(2, l2_floats // (4 * nr))
 
 
 @functools.lru_cache(maxsize=None)
@@ -204,9 +220,9 @@ def input_gradient_implicit_gemm(level):
     channels in the lanes): 7 x 32 with 32 vector registers was 2-11% faster than the GEMM
     engine's 6 x 32 (8 x 32 the same as 7, 10 x 32 slower)."""
     MR, NR = lanes_tile(level)
-    KC = blocking(MR, NR)[0]
     kc, mc, nc = blocking(*tile_shape(level))
     L2_FLOATS, L3_FLOATS = mc * kc, nc * kc     # the forward path's budgets
+    KC_MAX = _input_gradient_depth(L2_FLOATS, NR)
 
     def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
         N = grad_output.shape[0]
@@ -282,6 +298,9 @@ def input_gradient_implicit_gemm(level):
                         for v in range(nJ):
                             roff[(k * nI + u) * nJ + v] = k * plane - u * Wg - v
                 # 3. tasks: runs of MR-pixel panels, in groups whose C rows stay in L2.
+                # R in equal slices of at most KC_MAX rows
+                slices = (R + KC_MAX - 1) // KC_MAX
+                KC = (R + slices - 1) // slices
                 p_panels = (Np + MR - 1) // MR
                 n_tasks = min(TASKS, p_panels)
                 for task in prange(n_tasks):
@@ -292,6 +311,7 @@ def input_gradient_implicit_gemm(level):
                     band = workspace[band_base + task * band_size:
                                      band_base + task * band_size + K * plane]
                     bases = np.empty(GP * MR, np.int64)
+                    gflat = grad_input.reshape(N * C * H * W)
                     for g_lo in range(p_lo, p_hi, GP):
                         g_hi = min(p_hi, g_lo + GP)
                         pix0 = g_lo * MR
@@ -340,15 +360,25 @@ def input_gradient_implicit_gemm(level):
                             g = pix0 + t
                             n = g // HWq
                             rem = g - n * HWq
-                            a = rem // Wq
-                            b = rem - a * Wq
-                            ln = min(pixels - t, Wq - b)
-                            y = yf + sh * a
-                            x0 = xf + sw * b
-                            for c in range(C):
-                                row = grad_input[n, c, y]
-                                for e in range(ln):
-                                    row[x0 + sw * e] = cbuf[t + e, c]
+                            if sh == 1 and sw == 1:
+                                # the phase is the image: a run within one image is
+                                # contiguous in each channel's plane
+                                ln = min(pixels - t, HWq - rem)
+                                for c in range(C):
+                                    plane_c = gflat[(n * C + c) * HWq + rem:
+                                                    (n * C + c) * HWq + rem + ln]
+                                    for e in range(ln):
+                                        plane_c[e] = cbuf[t + e, c]
+                            else:
+                                a = rem // Wq
+                                b = rem - a * Wq
+                                ln = min(pixels - t, Wq - b)
+                                y = yf + sh * a
+                                x0 = xf + sw * b
+                                for c in range(C):
+                                    row = grad_input[n, c, y]
+                                    for e in range(ln):
+                                        row[x0 + sw * e] = cbuf[t + e, c]
                             t += ln
                 w_off += CP * R
 
