@@ -28,6 +28,11 @@ class IsaLevel:
         """float32 lanes in one vector register."""
         return self.vector_bits // 32
 
+    @property
+    def vector_registers(self) -> int:
+        """Architectural vector registers: 32 with AVX-512 and on AArch64, else 16."""
+        return 32 if self.vector_bits >= 512 or self.arch == "aarch64" else 16
+
     def __str__(self) -> str:
         return self.name
 

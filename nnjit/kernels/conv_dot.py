@@ -33,7 +33,7 @@ DOT_OVERHEAD = 64
 def dot_tile(level) -> tuple[int, int]:
     """(MR, J): MR channels x J pixels. 6 x 4 where there are 32 vector registers (24
     accumulators, 4 x^T vectors and a W vector), 3 x 3 where there are 16."""
-    wide = level.vector_bits >= 512 or level.arch == "aarch64"
+    wide = level.vector_registers == 32
     return (6, 4) if wide else (3, 3)
 
 

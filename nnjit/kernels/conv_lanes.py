@@ -37,7 +37,7 @@ def lanes_tile(level) -> tuple[int, int]:
     """(MR, NR): at most MR pixels x NR channels. MR x 2 accumulators, two W^T vectors and
     a broadcast: 7 pixels (17 registers) where there are 32 vector registers (AVX-512,
     AArch64), 6 (15) where there are 16."""
-    wide = level.vector_bits >= 512 or level.arch == "aarch64"
+    wide = level.vector_registers == 32
     return (7 if wide else 6), LANE_VECTORS * level.vector_floats
 
 
@@ -51,7 +51,7 @@ def long_tile(level) -> int:
     accumulators, two W^T vectors, two broadcasts). A 14-pixel tile stores once per 14
     pixels what a 7-pixel one stores per 7: resnet.conv1 ran 3% faster at 1 thread and 14%
     at 2, 3x3 layers 0-4% (same-process A/B)."""
-    wide = level.vector_bits >= 512 or level.arch == "aarch64"
+    wide = level.vector_registers == 32
     return 14 if wide else lanes_tile(level)[0]
 
 
