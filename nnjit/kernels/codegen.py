@@ -42,11 +42,11 @@ def store_tile(acc: list[list[str]], width: int, row: str = "c[row0 + {i}]",
     return lines
 
 
-def accumulators(rows: int, nr: int, width: int) -> list[list[str]]:
-    """Names of an MR x NR tile's accumulators: row i, vector v is c{i}_{v}."""
+def accumulators(rows: int, nr: int, width: int, prefix: str = "c") -> list[list[str]]:
+    """Names of an MR x NR tile's accumulators: row i, vector v is {prefix}{i}_{v}."""
     nv = nr // width
     assert nv * width == nr, (rows, nr, width)
-    return [[f"c{i}_{v}" for v in range(nv)] for i in range(rows)]
+    return [[f"{prefix}{i}_{v}" for v in range(nv)] for i in range(rows)]
 
 
 def multiply_add_step(acc: list[list[str]], a: str, b_at: str, width: int,
@@ -60,6 +60,12 @@ def multiply_add_step(acc: list[list[str]], a: str, b_at: str, width: int,
     return lines
 
 
-def clear_tile(acc: list[list[str]]) -> list[str]:
+def clear_tile(acc: list[list[str]], indent: str = "    ") -> list[str]:
     """Lines setting every accumulator to zero (before the k loop)."""
-    return [f"    {c} = vzero()" for vectors in acc for c in vectors]
+    return [f"{indent}{c} = vzero()" for vectors in acc for c in vectors]
+
+
+def add_tile(acc: list[list[str]], partial: list[list[str]], indent: str) -> list[str]:
+    """Lines adding accumulators ``partial`` into ``acc``, element by element."""
+    return [f"{indent}{c} = vadd({c}, {p})" for cs, ps in zip(acc, partial)
+            for c, p in zip(cs, ps)]

@@ -41,8 +41,8 @@ import numpy as np
 from numba import njit, prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
-from nnjit.kernels.codegen import (accumulators, clear_tile, define, multiply_add_step, prefetch_tile,
-                                   store_tile)
+from nnjit.kernels.codegen import (accumulators, add_tile, clear_tile, define, multiply_add_step,
+                                   prefetch_tile, store_tile)
 from nnjit.kernels.conv_lanes import (bordered_row_copy, lanes_convolution, lanes_tile,
                                       lanes_workspace, long_tile, over_channels,
                                       over_channels_jit)
@@ -169,13 +169,17 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
             + TASKS * _band_floats(k, kh, kw, n, h, w_, sh, sw, pt, pl, pixels, wg))
 
 
-def _input_gradient_depth(l2_floats, nr):
-    """Rows of W^T per reduction slice, at most: slices (KC x NR) of a quarter of the L2
-    budget. The band is read in place, not packed into L1-sized panels, so NNPACK's L1 rule
-    (KC = 210 at 7 x 32) does not bind; at that depth each micro-kernel call's fixed cost
-    (MR base loads, the C tile's reload and store) was 3-5% of the layer (overfeat.conv3 and
-    alexnet.conv5 at batch 16: 1536 and 1152 rows 2-5% faster at 1 and 2 threads)."""
-    return max(2, l2_floats // (4 * nr))
+def reduction_depth(mr: int, nr: int) -> int:
+    """Reduction rows per micro-kernel call, at most, for both gradients: slices of B (KC x
+    NR) of a quarter of the L2 budget. Neither gradient packs A into L1-sized panels (the
+    micro-kernels broadcast it in place), so NNPACK's L1 rule (KC = 210 at 7 x 32) does not
+    bind, and at that depth each call's fixed cost (MR base loads, the C tile's reload and
+    store) was 3-9% of the layer. At 1536 and 1152 rows overfeat.conv3's and alexnet.conv5's
+    input gradients ran 2-5% faster; 9x deeper chunks of output rows, resnet18.l1's,
+    alexnet.conv2's and resnet50.l1's kernel gradients 2-9% (batch 16, 1 and 2 threads,
+    same-process A/B)."""
+    kc, mc, _ = blocking(mr, nr)
+    return max(2, mc * kc // (4 * nr))
 
 
 @functools.lru_cache(maxsize=None)
@@ -222,7 +226,7 @@ def input_gradient_implicit_gemm(level):
     MR, NR = lanes_tile(level)
     kc, mc, nc = blocking(*tile_shape(level))
     L2_FLOATS, L3_FLOATS = mc * kc, nc * kc     # the forward path's budgets
-    KC_MAX = _input_gradient_depth(L2_FLOATS, NR)
+    KC_MAX = reduction_depth(MR, NR)
 
     def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
         N = grad_output.shape[0]
@@ -389,20 +393,26 @@ def input_gradient_implicit_gemm(level):
 
 # ----------------------------------------------------------------- kernel gradient
 @functools.lru_cache(maxsize=None)
-def strided_micro_kernel(mr: int, nr: int, width: int):
+def strided_micro_kernel(mr: int, nr: int, width: int, row_sums: bool):
     """The MR x NR micro-kernel with A broadcast straight from a flat array instead of a
     packed panel (a plain @njit helper, like gemm.micro_kernel):
 
-    micro(rows, cols, rstride, cstride, xs, table, tbase, shift, bp, c, row0, col0, update):
+    micro(rows, cols, block, rstride, cstride, xs, table, tbase, shift, bp, c, row0, col0,
+          update):
         c[row0 + i, col0 + j] (=, +=) sum_{r < rows, s < cols}
             xs[o_i + r * rstride + s * cstride] * bp[(r * cols + s) * NR + j]
     with o_i = shift + table[tbase + i] (an int64 array of row offsets).
 
-    The MR x NR/width accumulators are named vector values held across both loops; per
-    step: NR/width vector loads of B, MR scalar broadcasts and MR * NR/width multiply-adds."""
+    The MR x NR/width accumulators are named vector values held across the loops; per
+    step: NR/width vector loads of B, MR scalar broadcasts and MR * NR/width multiply-adds.
+    With ``row_sums`` (where the registers hold a second tile) each ``block`` of rows sums
+    into a tile of its own, added to the first after the block: chains of block * cols
+    additions, as with NNPACK's L1-sized KC, however deep the chunk (reduction_depth), so
+    that deep chunks keep its 1e-6 on AlexNet's, OverFeat's and VGG's kernel gradients."""
     acc = accumulators(mr, nr, width)
-    lines = ["def micro(rows, cols, rstride, cstride, xs, table, tbase, shift, bp, c, row0, "
-             "col0, update):"]
+    step = accumulators(mr, nr, width, "r") if row_sums else acc
+    lines = ["def micro(rows, cols, block, rstride, cstride, xs, table, tbase, shift, bp, c, "
+             "row0, col0, update):"]
     lines += [f"    o{i} = shift + table[tbase + {i}]" for i in range(mr)]
     lines += prefetch_tile(mr, nr)
     lines += clear_tile(acc)
@@ -411,14 +421,34 @@ def strided_micro_kernel(mr: int, nr: int, width: int):
     lines.append("    cs = np.uint64(cstride)")
     lines += [f"    u{i} = np.uint64(o{i})" for i in range(mr)]
     lines.append("    t = 0")
-    lines.append("    for r in range(rows):")
-    lines.append("        idx = np.uint64(r) * rs")
-    lines.append("        for s in range(cols):")
-    lines += multiply_add_step(acc, "xs[u{i} + idx]", "t", width, " " * 12)
-    lines.append(f"            t += {nr}")
-    lines.append("            idx += cs")
+    lines.append("    for r0 in range(0, rows, block):")
+    if row_sums:
+        lines += clear_tile(step, " " * 8)
+    lines.append("        for r in range(r0, min(rows, r0 + block)):")
+    lines.append("            idx = np.uint64(r) * rs")
+    lines.append("            for s in range(cols):")
+    lines += multiply_add_step(step, "xs[u{i} + idx]", "t", width, " " * 16)
+    lines.append(f"                t += {nr}")
+    lines.append("                idx += cs")
+    if row_sums:
+        lines += add_tile(acc, step, " " * 8)
     lines += store_tile(acc, width)
-    return _compile_micro(lines, width, f"strided_micro_{mr}x{nr}")
+    return _compile_micro(lines, width, f"strided_micro_{mr}x{nr}{'_rows' if row_sums else ''}")
+
+
+def _row_sums(level) -> bool:
+    """Whether the kernel gradient's micro-kernel holds a second tile for row sums: MR x NR
+    twice, the B vectors and a broadcast within the vector registers."""
+    mr, nr = tile_shape(level)
+    vectors = nr // level.vector_floats
+    return 2 * mr * vectors + vectors + 1 <= level.vector_registers
+
+
+def kernel_gradient_depth(level) -> int:
+    """Reduction steps per micro-kernel call: reduction_depth where the row sums keep the
+    rounding of a deep chunk down, else NNPACK's L1 rule (blocking's KC)."""
+    mr, nr = tile_shape(level)
+    return reduction_depth(mr, nr) if _row_sums(level) else blocking(mr, nr)[0]
 
 
 # Row panels a task should own at least, so that each B slice (in L1) meets enough of
@@ -448,13 +478,13 @@ def _reads_x_in_place(pt, pl, hp, wp, h, w):
 _reads_x_in_place_jit = njit(inline="always")(_reads_x_in_place)
 
 
-def _band_shape(block, taps, kc, ow, sh, kh, wp):
+def _band_shape(block, taps, kc, oh, ow, sh, kh):
     """(output rows per micro-kernel chunk, output rows per band, channels, rows) of a
     task's zero-padded band of x: the image rows that a few chunks of output rows read (at
-    least 4 kernel heights, so the rows shared by neighbouring bands are a small part), for
-    the channels of the task's block of rows."""
-    chunk_rows = max(1, kc // ow)
-    band_out = (max(chunk_rows, 4 * kh) + chunk_rows - 1) // chunk_rows * chunk_rows
+    least 4 kernel heights, so the rows shared by neighbouring bands are a small part, and
+    at most the image's), for the channels of the task's block of rows."""
+    chunk_rows = max(1, min(oh, kc // ow))
+    band_out = (min(oh, max(chunk_rows, 4 * kh)) + chunk_rows - 1) // chunk_rows * chunk_rows
     return chunk_rows, band_out, (block + taps - 1) // taps + 1, (band_out - 1) * sh + kh
 
 
@@ -472,7 +502,7 @@ def _kernel_gradient_sizes(mr, nr, kc, x_shape, go_shape, kernel_size, sh, sw, p
     kp = _cdiv(k, nr) * nr
     bands = 0
     if not _reads_x_in_place(pt, pl, hp, wp, h, w):
-        _, _, channels, rows = _band_shape(block, kh * kw, kc, ow, sh, kh, wp)
+        _, _, channels, rows = _band_shape(block, kh * kw, kc, oh, ow, sh, kh)
         bands = groups * blocks * channels * rows * wp
     return kp * n * oh * ow, groups * blocks * block * kp, bands
 
@@ -481,7 +511,7 @@ def kernel_gradient_workspace(level, x, grad_output, grad_w, sh, sw, pt, pl) -> 
     """Floats of scratch: grad_output^T panels, partial grad_w^T per task, and (unless no
     tap reaches the padding) each task's zero-padded band of x."""
     mr, nr = tile_shape(level)
-    kc = blocking(mr, nr)[0]
+    kc = kernel_gradient_depth(level)
     return sum(_kernel_gradient_sizes(mr, nr, kc, x.shape, grad_output.shape,
                                       grad_w.shape[2:], sh, sw, pt, pl))
 
@@ -494,7 +524,8 @@ def kernel_gradient_implicit_gemm(level):
     padding, else from a zero-padded band of x per task and chunk of output rows (the rows
     and channels the chunk reads: no padded copy of the whole input)."""
     MR, NR = tile_shape(level)
-    KC = blocking(MR, NR)[0]
+    KC = kernel_gradient_depth(level)
+    SUM_DEPTH = blocking(MR, NR)[0]
 
     def kernel_gradient(x, grad_output, grad_w, sh, sw, pt, pl, workspace):
         N = x.shape[0]
@@ -518,7 +549,8 @@ def kernel_gradient_implicit_gemm(level):
         block = (m_panels + RB - 1) // RB * MR
         # Taps that reach no padding read x as it is; others a zero-padded band of it.
         in_place = _reads_x_in_place_jit(pt, pl, Hp, Wp, H, W)
-        chunk_rows, BO, BC, BH = _band_shape_jit(block, taps, KC, OW, sh, KH, Wp)
+        chunk_rows, BO, BC, BH = _band_shape_jit(block, taps, KC, OH, OW, sh, KH)
+        block_rows = max(1, SUM_DEPTH // OW)     # rows per row-sum tile
         b_size = KP * N * P
         xflat = x.reshape(N * C * H * W)
         bpack = workspace[:b_size]
@@ -597,11 +629,11 @@ def kernel_gradient_implicit_gemm(level):
                             for p in range(p_lo, p_hi):
                                 o = (p - p_lo) * MR
                                 if in_place:
-                                    _strided_micro(rows, OW, sh * W, sw, xflat, table, o, shift,
-                                                   bp, cbuf, o, q * NR, not first)
+                                    _strided_micro(rows, OW, block_rows, sh * W, sw, xflat, table,
+                                                   o, shift, bp, cbuf, o, q * NR, not first)
                                 else:
-                                    _strided_micro(rows, OW, sh * Wp, sw, band, table, o, shift,
-                                                   bp, cbuf, o, q * NR, not first)
+                                    _strided_micro(rows, OW, block_rows, sh * Wp, sw, band, table,
+                                                   o, shift, bp, cbuf, o, q * NR, not first)
                         first = False
         # 3. out, transposed and summed over the groups: grad_w[k, m] = sum_g part_g[m, k].
         gw = grad_w.reshape((K, M))
@@ -624,4 +656,5 @@ def kernel_gradient_implicit_gemm(level):
                     gw[k, m] += src[k]
 
     return with_globals(kernel_gradient, _strided_micro=strided_micro_kernel(
-        MR, NR, level.vector_floats), _bordered=bordered_row_copy(level.vector_floats))
+        MR, NR, level.vector_floats, _row_sums(level)),
+        _bordered=bordered_row_copy(level.vector_floats))
