@@ -159,6 +159,8 @@ STRIDED = [
     (2, 3, 4, (7, 9), (2, 3), (6, 2, 5, 7), (2, 2)),
     (2, 9, 10, (23, 23), (7, 7), (3, 3, 3, 3), 2),          # ResNet's stem, small
     (1, 20, 40, (15, 15), (3, 3), (1, 1, 1, 1), 1),         # more than one tile of each
+    # phases of unequal sizes, several pixel groups a task
+    (2, 3, 8, (301, 299), (3, 3), (1, 1, 1, 1), 2),
 ]
 
 

@@ -16,10 +16,12 @@ whole tensor.
     kernel) is packed once per call into NR-channel panels; A needs no packing: each task
     copies the rows of grad_output its group of pixels reads into a zero-bordered band, and
     pixel p's row r = (k, u, v) is band[base_p + roff[r]], which the micro-kernel broadcasts
-    straight from the band (MR pixel bases, one offset table). Packing B panels of im2col(grad_output) on the fly instead
-    cost 14-18% at C = 64 (a copy per 2*C flops). Tasks own runs of MR-pixel panels, in
-    groups whose C rows (MR x C each) stay in L2 across the KC slices, then write them out
-    transposed into grad_input.
+    straight from the band (MR pixel bases, one offset table). Packing B panels of
+    im2col(grad_output) on the fly instead cost 14-18% at C = 64 (a copy per 2*C flops).
+    Tasks own the same share of every phase's MR-pixel panels, in groups whose C rows (MR x
+    C each) stay in L2 across the KC slices; a group goes through all phases, each writing
+    its pixels out transposed into grad_input, before the next group (the phases' pixels
+    interleave in grad_input's rows, which stay in cache between them).
 
 ``convolution_kernel_gradient`` / ``implicit_gemm``
     grad_w^T[(c, i, j), k] = sum_{n, oy, ox} xpad[n, c, oy*sh + i, ox*sw + j] * go[n, k, oy, ox]
@@ -256,20 +258,23 @@ def input_gradient_implicit_gemm(level):
         # so every tap of every pixel reads a real element.
         band_base = task_base + TASKS * task_size
         band_size = _band_floats_jit(K, KH, KW, N, H, W, sh, sw, pt, pl, GP * MR, Wg)
+        # 1. per stride phase: pixels no tap reaches are zero; the others' B[(k, u, v), c]
+        # = w[k, c, ph + sh*u, pw + sw*v] in NR-channel panels (panel q holds (r, jj) at
+        # r * NR + jj, channels past C zero), and the band offsets of their rows: row
+        # r = (k, u, v) of a group's pixel t reads its task's band at bases[t] + roff[r]
+        # (channel planes of the phase's plane floats, rows of Wg).
+        roff = np.empty(K * KH * KW, np.int64)
         w_off = 0
+        most = 0        # MR-pixel panels of the largest phase
         for ph in range(sh):
             # taps ph + sh * u, rows yf + sh * a, (a = 0, u = 0) reads output row bh
             nI, yf, Hq, bh = _phase_jit(ph, KH, sh, pt, H)
             for pw in range(sw):
                 nJ, xf, Wq, bw = _phase_jit(pw, KW, sw, pl, W)
-                taps = nI * nJ
-                R = K * taps
-                HWq = Hq * Wq
-                Np = N * HWq
-                if Np == 0:
+                R = K * nI * nJ
+                if N * Hq * Wq == 0:
                     continue
                 if R == 0:
-                    # No tap reaches these pixels: their gradient is zero.
                     for nc in prange(N * C):
                         n = nc // C
                         c = nc - n * C
@@ -278,8 +283,7 @@ def input_gradient_implicit_gemm(level):
                             for b in range(Wq):
                                 row[xf + sw * b] = 0
                     continue
-                # 2. B[(k, u, v), c] = w[k, c, ph + sh*u, pw + sw*v] in NR-channel panels:
-                # panel q holds (r, jj) at r * NR + jj, channels past C zero.
+                most = max(most, (N * Hq * Wq + MR - 1) // MR)
                 wpack = workspace[w_off:w_off + CP * R]
                 for q in prange(c_panels):
                     dst = wpack[q * R * NR:(q + 1) * R * NR]
@@ -293,31 +297,54 @@ def input_gradient_implicit_gemm(level):
                                     d[jj] = w[k, q * NR + jj, ph + sh * u, pw + sw * v]
                                 for jj in range(chans, NR):
                                     d[jj] = 0
-                # Row r = (k, u, v) of a group's pixel t reads its task's band at
-                # bases[t] + roff[r] (channel planes of `plane` floats, rows of Wg).
-                plane = _phase_band_rows_jit(GP * MR, Wq, HWq, N, nI) * Wg
-                roff = np.empty(R, np.int64)
+                plane = _phase_band_rows_jit(GP * MR, Wq, Hq * Wq, N, nI) * Wg
+                r0 = w_off // CP
                 for k in range(K):
                     for u in range(nI):
                         for v in range(nJ):
-                            roff[(k * nI + u) * nJ + v] = k * plane - u * Wg - v
-                # 3. tasks: runs of MR-pixel panels, in groups whose C rows stay in L2.
-                # R in equal slices of at most KC_MAX rows
-                slices = (R + KC_MAX - 1) // KC_MAX
-                KC = (R + slices - 1) // slices
-                p_panels = (Np + MR - 1) // MR
-                n_tasks = min(TASKS, p_panels)
-                for task in prange(n_tasks):
-                    p_lo = task * p_panels // n_tasks
-                    p_hi = (task + 1) * p_panels // n_tasks
-                    cbuf = workspace[task_base + task * task_size:
-                                     task_base + (task + 1) * task_size].reshape((GP * MR, CP))
-                    band = workspace[band_base + task * band_size:
-                                     band_base + task * band_size + K * plane]
-                    bases = np.empty(GP * MR, np.int64)
-                    gflat = grad_input.reshape(N * C * H * W)
-                    for g_lo in range(p_lo, p_hi, GP):
-                        g_hi = min(p_hi, g_lo + GP)
+                            roff[r0 + (k * nI + u) * nJ + v] = k * plane - u * Wg - v
+                w_off += CP * R
+        if most == 0:
+            return
+        # 2. tasks: the same share of every phase's MR-pixel panels (the same part of the
+        # image), in groups whose C rows stay in L2 across the KC slices, each group through
+        # all phases before the next: the phases interleave in grad_input's rows, which then
+        # stay in cache from phase to phase (phase by phase over the whole batch, a stride-2
+        # layer spent 40% of its time writing grad_input and reading grad_output again).
+        gflat = grad_input.reshape(N * C * H * W)
+        n_tasks = min(TASKS, most)
+        n_groups = ((most + n_tasks - 1) // n_tasks + GP - 1) // GP
+        for task in prange(n_tasks):
+            cbuf = workspace[task_base + task * task_size:
+                             task_base + (task + 1) * task_size].reshape((GP * MR, CP))
+            bases = np.empty(GP * MR, np.int64)
+            for gi in range(n_groups):
+                w_off = 0
+                for ph in range(sh):
+                    nI, yf, Hq, bh = _phase_jit(ph, KH, sh, pt, H)
+                    for pw in range(sw):
+                        nJ, xf, Wq, bw = _phase_jit(pw, KW, sw, pl, W)
+                        R = K * nI * nJ
+                        HWq = Hq * Wq
+                        Np = N * HWq
+                        if Np == 0 or R == 0:
+                            continue
+                        wpack = workspace[w_off:w_off + CP * R]
+                        r0 = w_off // CP
+                        w_off += CP * R
+                        # R in equal slices of at most KC_MAX rows
+                        slices = (R + KC_MAX - 1) // KC_MAX
+                        KC = (R + slices - 1) // slices
+                        plane = _phase_band_rows_jit(GP * MR, Wq, HWq, N, nI) * Wg
+                        band = workspace[band_base + task * band_size:
+                                         band_base + task * band_size + K * plane]
+                        p_panels = (Np + MR - 1) // MR
+                        p_lo = task * p_panels // n_tasks
+                        p_hi = (task + 1) * p_panels // n_tasks
+                        g_lo = p_lo + gi * (p_hi - p_lo) // n_groups
+                        g_hi = p_lo + (gi + 1) * (p_hi - p_lo) // n_groups
+                        if g_lo >= g_hi:
+                            continue
                         pix0 = g_lo * MR
                         pixels = min(g_hi * MR, Np) - pix0
                         # The band: for each image the group's pixels lie in, the output rows
@@ -356,9 +383,9 @@ def input_gradient_implicit_gemm(level):
                                 bp = wpack[start:start + kc * NR]
                                 for p in range(g_lo, g_hi):
                                     o = (p - g_lo) * MR
-                                    _gather_micro(kc, band, roff, pc, bases, o, bp, cbuf, o,
-                                                  q * NR, pc > 0)
-                        # 4. the group's pixels out to grad_input, transposed.
+                                    _gather_micro(kc, band, roff, r0 + pc, bases, o, bp, cbuf,
+                                                  o, q * NR, pc > 0)
+                        # 3. the group's pixels out to grad_input, transposed.
                         t = 0
                         while t < pixels:
                             g = pix0 + t
@@ -384,7 +411,6 @@ def input_gradient_implicit_gemm(level):
                                     for e in range(ln):
                                         row[x0 + sw * e] = cbuf[t + e, c]
                             t += ln
-                w_off += CP * R
 
     return with_globals(input_gradient, _gather_micro=gather_micro_kernel(
         MR, NR, level.vector_floats), _bordered=bordered_row_copy(level.vector_floats),
