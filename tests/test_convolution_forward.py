@@ -313,14 +313,21 @@ def test_channel_lanes_threads_and_groups(best, rng):
     lv = level_named(best)
     mr, nr = lanes_tile(lv)
     kc, mc, nc = blocking(*tile_shape(lv))
-    big = (3, 64, nr, 128, 3, 1, 1)
-    plan = lanes_plan(3, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, mc * kc, nc * kc,
+
+    def past_a_group(c, size):
+        """A batch one image past a group of padded images within a quarter of L3."""
+        return max(2, nc * kc // 4 // (c * (size + 2) ** 2) + 1)
+
+    n = past_a_group(64, 128)
+    big = (n, 64, nr, 128, 3, 1, 1)
+    plan = lanes_plan(n, 64, 128, 128, nr, 3, 3, 128, 128, 1, 1, 1, 1, nr, mc * kc, nc * kc,
                       False)
-    assert plan[0] > 0 and plan[2] < 3                      # shared W^T, groups
-    private = (2, 640, 2 * nr, 40, 3, 1, 1)
-    plan = lanes_plan(2, 640, 40, 40, 2 * nr, 3, 3, 40, 40, 1, 1, 1, 1, nr, mc * kc, nc * kc,
+    assert plan[0] > 0 and plan[2] < n                      # shared W^T, groups
+    n = past_a_group(640, 40)
+    private = (n, 640, 2 * nr, 40, 3, 1, 1)
+    plan = lanes_plan(n, 640, 40, 40, 2 * nr, 3, 3, 40, 40, 1, 1, 1, 1, nr, mc * kc, nc * kc,
                       False)
-    assert plan[1] > 0 and plan[2] < 2                      # private panels, groups
+    assert plan[1] > 0 and plan[2] < n                      # private panels, groups
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
