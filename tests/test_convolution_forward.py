@@ -273,9 +273,17 @@ def test_channel_lanes_path(level, rng):
     into unequal tiles; at strides 1 and 2, rows of whole long tiles and long tiles with a
     rest, and a stride-3 row as long; strides, asymmetric and oversized padding, non-square
     kernels, a batch, an image larger than the output needs; 1x1 stride-1 layers of long
-    reductions or no more channels out than in, both algorithms, and their declines."""
+    reductions or no more channels out than in, both algorithms, and their declines. Where
+    the registers hold two rows' tiles, rows pair up: 13 = 7 + 6 over an odd count of rows,
+    rests of 5 and 6 pixels after long tiles, at strides 1 and 2; a rest of 3 does not."""
+    from nnjit.kernels.conv_lanes import row_span
+
     mr, nr = lanes_tile(level_named(level))
     long = long_tile(level_named(level))
+    pairs = long >= 2 * mr
+    assert [row_span(9, ow, s, long, mr) for ow, s in ((13, 1), (2 * long + 5, 1), (6, 2),
+                                                      (long + 3, 2), (2 * long, 1))] == (
+        [2, 2, 2, 1, 1] if pairs else [1] * 5)
     cases = [  # batch, C, K, size, kernel, padding, stride
         (1, 3, nr, (7, 2 * long + 5), 3, 1, 1),     # OW = 2 LONG + 5
         (2, 4, 2 * nr, (8, 2 * long + 7), 3, 0, 2),  # in place, OW = LONG + 3

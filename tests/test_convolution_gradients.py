@@ -203,30 +203,36 @@ def flipped(level, c, k, size, kernel, padding, stride=1):
     """Whether this input gradient runs as conv_lanes' correlation with the flipped kernel."""
     from nnjit.dispatch.isa import level_named
     from nnjit.kernels.conv_gradients import flipped_lanes
-    from nnjit.kernels.conv_lanes import lanes_tile
+    from nnjit.kernels.conv_lanes import lanes_tile, long_tile
     from nnjit.kernels.gemm import blocking, tile_shape
 
     lv = level_named(level)
     kc, mc, nc = blocking(*tile_shape(lv))
     top, _, _, left = _pads(padding)
-    return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, size[1], *lanes_tile(lv),
-                         mc * kc, nc * kc)
+    mr, nr = lanes_tile(lv)
+    return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, *size, mr, long_tile(lv),
+                         nr, mc * kc, nc * kc)
 
 
 def test_input_gradient_flipped_lanes(level, rng):
     """Stride-1 input gradients on the forward path's channel lanes: padding 0 to KH - 1
     (the correlation's own padding KH - 1 down to 0), asymmetric, bottom and right padding
     past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
-    a last channel panel partly past C, a batch, a 1x1 kernel; every thread count. Top or
-    left padding past the kernel, a stride, too few channels, a 1x1 kernel with more
-    channels out than in, rows that waste tile lanes, or rows of at most two tiles with a
-    deep reduction take the phase GEMMs instead."""
+    a last channel panel partly past C, a batch, a 1x1 kernel, and (where the registers
+    hold two rows' tiles) rows that pair up, an odd count of them, with a deep reduction;
+    every thread count. Top or left padding past the kernel, a stride, too few channels, a
+    1x1 kernel with more channels out than in, rows that waste tile lanes or pair up only
+    into narrow tiles, or rows of at most two tiles with a deep reduction take the phase
+    GEMMs instead."""
     import numba
 
     from nnjit.dispatch.isa import level_named
-    from nnjit.kernels.conv_lanes import lanes_tile
+    from nnjit.kernels.conv_gradients import DEEP_REDUCTION
+    from nnjit.kernels.conv_lanes import lanes_tile, long_tile
 
     mr, nr = lanes_tile(level_named(level))
+    deep = -(-DEEP_REDUCTION // 9)          # grad_output channels: R = 9 * deep
+    pairs = long_tile(level_named(level)) >= 2 * mr
     cases = [  # batch, C, K, size, kernel, padding
         (2, nr, 6, (7, 2 * mr), (3, 3), 1),
         (1, 4 * nr + 3, 5, (6, mr), (3, 3), 0),
@@ -235,6 +241,8 @@ def test_input_gradient_flipped_lanes(level, rng):
         (3, nr, 2, (6, mr), (3, 3), (1, 4, 5, 0)),      # bottom and right past the kernel
         (1, nr, 2 * nr, (5, 2 * mr), (1, 1), 0),        # 1x1: no more channels out than in
     ]
+    if pairs:   # 2 x (7 + 6) and 2 x (6 + 6) pixel tiles
+        cases += [(2, nr, deep, (9, 2 * mr - 1), (3, 3), 1), (1, nr, 5, (6, 2 * mr - 2), (3, 3), 1)]
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):
@@ -247,14 +255,11 @@ def test_input_gradient_flipped_lanes(level, rng):
     for c, size, padding, stride in [(nr, (7, mr), (3, 0, 0, 0), 1),
                                      (nr, (7, mr), (0, 0, 0, 3), 1),
                                      (nr, (7, mr), 1, 2), (nr - 1, (7, mr), 1, 1),
-                                     (nr, (7, mr + 1), 1, 1)]:     # 2 tiles, half idle
+                                     (nr, (7, mr + 1), 1, 1)]:     # 2 tiles, half idle; pairs of 4 + 4
         assert not flipped(level, c, 4, size, (3, 3), padding, stride)
         assert input_gradient_error(rng, 1, c, 4, size, (3, 3), padding, stride) < DIRECT
     assert not flipped(level, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0)   # 1x1, 64 -> 128
     assert input_gradient_error(rng, 1, 4 * nr, 2 * nr, (5, 2 * mr), (1, 1), 0) < DIRECT
-    from nnjit.kernels.conv_gradients import DEEP_REDUCTION
-
-    deep = -(-DEEP_REDUCTION // 9)          # grad_output channels: R = 9 * deep
     assert flipped(level, nr, deep - 1, (4, 2 * mr), (3, 3), 1)
     assert flipped(level, nr, deep, (4, 3 * mr), (3, 3), 1)        # three tiles a row
     assert not flipped(level, nr, deep, (4, 2 * mr), (3, 3), 1)

@@ -47,7 +47,7 @@ from nnjit.kernels.codegen import (accumulators, add_tile, clear_tile, define, m
                                    prefetch_tile, store_tile)
 from nnjit.kernels.conv_lanes import (bordered_row_copy, lanes_convolution, lanes_tile,
                                       lanes_workspace, long_tile, over_channels,
-                                      over_channels_jit)
+                                      over_channels_jit, pair_width, pair_width_jit)
 from nnjit.kernels.gemm import blocking, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
@@ -128,25 +128,32 @@ _band_floats_jit = njit(with_globals(_band_floats, _phase=_phase_jit,
 DEEP_REDUCTION = 1536
 
 
-def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, mr, nr, l2_floats, l3_floats) -> bool:
-    """Whether an input gradient (input width W) runs as the forward channel-lanes path's
+def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, H, W, mr, long, nr, l2_floats,
+                  l3_floats) -> bool:
+    """Whether an input gradient (input H x W) runs as the forward channel-lanes path's
     correlation of grad_output (K channels) with the flipped, transposed kernel (C output
     channels), padded by KH - 1 - pad_top and KW - 1 - pad_left: stride 1, top and left
     padding within the kernel (bottom and right ones past it only drop grad_output rows
-    that meet no input), the shape conv_lanes.over_channels takes, and rows that split
-    into tiles of MR pixels with under 5% of their lanes idle, unless the rows are at most
-    two tiles wide and the reduction deep (R = K*KH*KW >= DEEP_REDUCTION). The phase GEMMs
-    below run pixels across rows and images, without idle lanes, and slice R in L2:
-    12- and 13-wide rows (6 + 6, 7 + 6) were 6-9% slower on the lanes at one thread;
-    14-wide ones 5-8% slower at R 1728-4608 (3-6% at two threads), as fast at R 1152 and
-    11% faster at R 576; 27- to 56-wide ones 3-16% faster (batch 16, same-run A/B)."""
+    that meet no input), the shape conv_lanes.over_channels takes, and rows that either
+    split into tiles of MR pixels with under 5% of their lanes idle, unless the rows are at
+    most two tiles wide and the reduction deep (R = K*KH*KW >= DEEP_REDUCTION), or pair up
+    (conv_lanes.pair_width) into tiles of at least MR - 1 pixels a line. The phase GEMMs
+    below run pixels across rows and images, without idle lanes, and slice R in L2; on
+    Zen 4, 14-wide rows ran 5-8% slower on the lanes at R 1728-4608 (3-6% at two threads),
+    as fast at R 1152 and 11% faster at R 576; 27- to 56-wide ones 3-16% faster (batch 16,
+    same-run A/B). Paired rows (12 and 13 wide: 2 x 6 and 2 x 7 pixels) on the lanes
+    against the phase GEMMs' 7-pixel tiles, on Ice Lake server at batch 16: alexnet.conv3
+    102 -> 119 GFLOP/s, alexnet.conv5 102 -> 125, overfeat.conv3 73 -> 113 at one thread
+    (runs a few minutes apart, torch level across them)."""
     tiles = (W + mr - 1) // mr
-    return (sh == 1 and sw == 1 and pt < KH and pl < KW and 20 * W >= 19 * tiles * mr
-            and (W > 2 * mr or K * KH * KW < DEEP_REDUCTION)
+    return (sh == 1 and sw == 1 and pt < KH and pl < KW
+            and ((20 * W >= 19 * tiles * mr and (W > 2 * mr or K * KH * KW < DEEP_REDUCTION))
+                 or pair_width(H, W, 1, long, mr) >= mr - 1)
             and over_channels(KH, KW, 1, 1, K, C, nr, l2_floats, l3_floats))
 
 
-flipped_lanes_jit = njit(inline="always")(with_globals(flipped_lanes, over_channels=over_channels_jit))
+flipped_lanes_jit = njit(inline="always")(with_globals(
+    flipped_lanes, over_channels=over_channels_jit, pair_width=pair_width_jit))
 
 
 def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) -> int:
@@ -160,7 +167,8 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
     _, c, kh, kw = w.shape
     h, w_ = grad_input.shape[2:]
     kc, mc, nc = blocking(*tile_shape(level))
-    if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, w_, mr, nr, mc * kc, nc * kc):
+    if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, h, w_, mr, long_tile(level), nr, mc * kc,
+                     nc * kc):
         return lanes_workspace(n, k, oh, ow, c, kh, kw, h, w_, 1, 1, kh - 1 - pt, kw - 1 - pl,
                                long_tile(level), nr, level.vector_floats, mc * kc, nc * kc,
                                get_num_threads())
@@ -229,6 +237,7 @@ def input_gradient_implicit_gemm(level):
     kc, mc, nc = blocking(*tile_shape(level))
     L2_FLOATS, L3_FLOATS = mc * kc, nc * kc     # the forward path's budgets
     KC_MAX = reduction_depth(MR, NR)
+    LONG = long_tile(level)
 
     def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
         N = grad_output.shape[0]
@@ -240,7 +249,8 @@ def input_gradient_implicit_gemm(level):
         KW = w.shape[3]
         H = grad_input.shape[2]
         W = grad_input.shape[3]
-        if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, W, MR, NR, L2_FLOATS, L3_FLOATS):
+        if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, H, W, MR, LONG, NR, L2_FLOATS,
+                          L3_FLOATS):
             # w's elements, as the (unread) bias argument of the stage's forward signature
             _lanes(grad_output, w, True, w.reshape(K * C * KH * KW), False, grad_input, 1, 1,
                    KH - 1 - pt, KW - 1 - pl, False, workspace, None)

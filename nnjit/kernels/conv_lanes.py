@@ -103,10 +103,16 @@ def lanes_plan(N, C, H, W, K, KH, KW, OH, OW, sh, sw, pt, pl, nr, l2_floats, l3_
 lanes_plan_jit = njit(inline="always")(lanes_plan)
 
 
+def scratch_pixels(mr, width):
+    """Pixels of a thread's tile scratch: MR (the longest tile's) rounded up to whole
+    width x width blocks, and a block more, so that a paired tile's second line (from
+    pixel MR / 2) is read in whole blocks inside it too."""
+    return (mr + width - 1) // width * width + width
+
+
 def scratch_floats(mr, nr, width):
-    """A thread's tile: MR pixels (the longest tile's) rounded up to whole width x width
-    blocks, x NR channels, then one transposed block."""
-    return ((mr + width - 1) // width * width + width) * nr
+    """A thread's tile scratch (scratch_pixels x NR channels), then one transposed block."""
+    return (scratch_pixels(mr, width) + width) * nr
 
 
 scratch_floats_jit = njit(inline="always")(scratch_floats)
@@ -141,34 +147,92 @@ def bordered_row_copy(width: int):
 
 
 @functools.lru_cache(maxsize=None)
-def lanes_micro_kernel(rows: int, nr: int, width: int, stride: int = 0):
-    """micro(R, wt, w0, src, base, off, sw, s): s[i * nr + j] = sum_r src[base + off[r] +
-    i * sw] * wt[w0 + r * nr + j] for i < rows, j < nr; a nonzero ``stride`` is sw
-    compiled in (sw is then ignored)."""
+def lanes_micro_kernel(rows: int, nr: int, width: int, stride: int = 0, lines: int = 1):
+    """micro(R, wt, w0, src, base, off, step, s): s[(l * rows + i) * nr + j] = sum_r
+    src[base + off[r] + l * step + i * sw] * wt[w0 + r * nr + j] for l < lines, i < rows,
+    j < nr. A zero ``stride`` takes sw from ``step`` (one line); a nonzero one is sw
+    compiled in, and ``step`` is then the distance between the ``lines`` output rows of
+    the tile (ignored for one): two rows of up to 7 pixels a tile where rows are short
+    (13 = 7 + 6: 2 x 7 pixels), each line's pixels displacements from one pointer."""
+    assert lines == 1 or stride
     nv = nr // width
-    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(rows)]
-    lines = ["def micro(R, wt, w0, src, base, off, sw, s):"]
-    lines += [f"    {c} = vzero()" for row in acc for c in row]
+    pixels = lines * rows
+    acc = [[f"c{i}_{v}" for v in range(nv)] for i in range(pixels)]
+    lines_ = ["def micro(R, wt, w0, src, base, off, step, s):"]
+    lines_ += [f"    {c} = vzero()" for row in acc for c in row]
     # unsigned offsets: indices that are provably >= 0 carry no negative-index wraparound
     if stride:
-        pixel = [f"at + np.uint64({i * stride})" for i in range(rows)]
-        lines.append("    p0 = np.uint64(base)")
+        pixel = [f"at{l} + np.uint64({i * stride})" for l in range(lines) for i in range(rows)]
+        lines_ += [f"    p{l} = np.uint64(base + {l} * step)" for l in range(lines)]
     else:
         pixel = [f"at + p{i}" for i in range(rows)]
-        lines += [f"    p{i} = np.uint64(base + {i} * sw)" for i in range(rows)]
-    lines.append("    offr = off[:R]")
-    lines.append("    wp = wt[w0:w0 + R * " + str(nr) + "]")
-    lines.append("    for r in range(R):")
-    lines.append("        at = offr[r] + p0" if stride else "        at = offr[r]")
-    lines += [f"        b{v} = vload(wp, r * {nr} + {v * width})" for v in range(nv)]
-    for i in range(rows):
-        lines.append(f"        a = vsplat(src[{pixel[i]}])")
-        lines += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
-    lines += [f"    vstore(s, {i * nr + v * width}, {acc[i][v]})"
-              for i in range(rows) for v in range(nv)]
-    name = f"lanes_micro_{rows}x{nr}" + (f"_stride{stride}" if stride else "")
-    micro = define(lines, __file__, dict(vector_ops(width), np=np), name)
+        lines_ += [f"    p{i} = np.uint64(base + {i} * step)" for i in range(rows)]
+    lines_.append("    offr = off[:R]")
+    lines_.append("    wp = wt[w0:w0 + R * " + str(nr) + "]")
+    lines_.append("    for r in range(R):")
+    if stride:
+        lines_ += [f"        at{l} = offr[r] + p{l}" for l in range(lines)]
+    else:
+        lines_.append("        at = offr[r]")
+    lines_ += [f"        b{v} = vload(wp, r * {nr} + {v * width})" for v in range(nv)]
+    for i in range(pixels):
+        lines_.append(f"        a = vsplat(src[{pixel[i]}])")
+        lines_ += [f"        {acc[i][v]} = vfma(a, b{v}, {acc[i][v]})" for v in range(nv)]
+    lines_ += [f"    vstore(s, {i * nr + v * width}, {acc[i][v]})"
+               for i in range(pixels) for v in range(nv)]
+    name = (f"lanes_micro_{lines}x{rows}x{nr}" if lines > 1 else f"lanes_micro_{rows}x{nr}")
+    name += f"_stride{stride}" if stride else ""
+    micro = define(lines_, __file__, dict(vector_ops(width), np=np), name)
     return helper(micro, fastmath={"contract"})
+
+
+# Narrowest tiles that rows pair up for (row_span): pairs of narrower ones do not
+# recover the code their variants take.
+PAIR_MIN = 4
+
+
+def pair_width(OH, OW, sw, long, mr):
+    """Pixels a line of the narrowest tile that runs two output rows at once, or 0 where
+    rows do not pair up. They pair where the registers hold a tile of two rows of MR
+    pixels (long >= 2 * MR: 32 vector registers), the stride is 1 or 2 and what is left of
+    a row after its long tiles splits into tiles of PAIR_MIN to MR pixels (13 = 7 + 6,
+    12 = 6 + 6, 7, 27 = 14 + 7 + 6): those tiles then run two rows at once, 2 x 7 pixels
+    like a long tile; alexnet.conv3-5 and overfeat.conv3 ran 15-24% faster forward at 1
+    and 2 threads, batch 1 and 16 (Ice Lake server, same-run ratios to the peers)."""
+    if long < 2 * mr or OH < 2 or not (sw == 1 or sw == 2):
+        return 0
+    rest = OW % long
+    narrowest = rest // ((rest + mr - 1) // mr) if rest else 0
+    return narrowest if narrowest >= PAIR_MIN else 0
+
+
+pair_width_jit = njit(inline="always")(pair_width)
+
+
+def row_span(OH, OW, sw, long, mr):
+    """Output rows a lanes unit computes: 2 where rows pair up (pair_width), else 1."""
+    return 2 if pair_width(OH, OW, sw, long, mr) else 1
+
+
+row_span_jit = njit(inline="always")(with_globals(row_span, pair_width=pair_width_jit))
+
+
+@functools.lru_cache(maxsize=None)
+def lanes_micro_pairs(mr: int, nr: int, width: int):
+    """pairs(rows, sw, ...): the two-line micro-kernel for PAIR_MIN <= rows <= mr pixels a
+    line at stride sw (1 or 2; inlined dispatch)."""
+    lines = ["def micro_pairs(rows, sw, R, wt, w0, src, base, off, step, s):"]
+    kernels = {}
+    for stride in LONG_STRIDES:
+        lines.append("    if sw == 1:" if stride == 1 else "    else:")
+        for rows in range(PAIR_MIN, mr + 1):
+            name = f"m{rows}_{stride}"
+            kernels[name] = lanes_micro_kernel(rows, nr, width, stride, 2)
+            lines.append(f"        {'if' if rows == PAIR_MIN else 'elif'} rows == {rows}:")
+            lines.append(f"            {name}(R, wt, w0, src, base, off, step, s)")
+    if mr < PAIR_MIN:
+        lines = lines[:1] + ["    pass"]
+    return njit(inline="always")(define(lines, __file__, kernels))
 
 
 @functools.lru_cache(maxsize=None)
@@ -234,18 +298,19 @@ def flipped_panel(nr: int):
 
 @functools.lru_cache(maxsize=None)
 def store_tile(nr: int, width: int):
-    """store(s, block, out, n, kp, oy, ox0, rows, bias, has_bias, relu): the tile in s
-    (rows pixels x nr channels of panel kp) into out[n, :, oy, ox0:ox0 + rows], a
+    """store(s, first, block, out, n, kp, oy, ox0, rows, bias, has_bias, relu): the tile
+    in s (pixels first..first + rows - 1 x nr channels of panel kp) into
+    out[n, :, oy, ox0:ox0 + rows], a
     transposed width x width block at a time, with the bias and ReLU; lanes past the
     tile's pixels are not stored."""
     ops = vector_ops(width)
 
-    def store(s, block, out, n, kp, oy, ox0, rows, bias, has_bias, relu):
+    def store(s, first, block, out, n, kp, oy, ox0, rows, bias, has_bias, relu):
         K = out.shape[1]
         zero = vzero()
         for j0 in range(0, NR, width):
             for p0 in range(0, rows, width):
-                vtranspose_copy(block, 0, width, s, p0 * NR + j0, NR)
+                vtranspose_copy(block, 0, width, s, (first + p0) * NR + j0, NR)
                 lanes = min(width, rows - p0)
                 for j in range(min(width, K - kp * NR - j0)):
                     k = kp * NR + j0 + j
@@ -273,9 +338,12 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
     is in ``wt``, too large for L2; units are (channel panel, image, output row), a panel
     reused from L2 by every row. PRIVATE_PANELS: as PANEL_MAJOR, each panel transposed
     from wf (``flip``: flipped_panel's, T taps) into the task's own ``wt`` as its units
-    begin. At the LONG_STRIDES a row runs in ``long``-pixel tiles, and what is left of it
-    in tiles of at most ``mr``."""
+    begin. A unit's output rows are row_span's (one, or two whose short tiles pair up). At
+    the LONG_STRIDES a row runs in ``long``-pixel tiles, and what is left of it in tiles
+    of at most ``mr`` (of two rows where the unit has two)."""
     micro = lanes_micro_any(mr, nr, width)
+    # levels whose registers hold no paired tile (row_span 1) compile no pair kernels
+    pairs = lanes_micro_pairs(mr if long >= 2 * mr else 0, nr, width)
     long_stride1, long_stride2 = (lanes_micro_kernel(long, nr, width, stride)
                                   for stride in LONG_STRIDES)
     pack = transpose_panel(nr, width)
@@ -293,11 +361,13 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
         chunks = (rest + MR - 1) // MR
         block = s[MRB * NR:]        # one transposed width x width block
         have = -1
+        span = row_span(OH, OW, sw, LONG, MR)
+        slots = (OH + span - 1) // span
         for u in range(first, last):
             if order != IMAGE_MAJOR:
-                kp = u // (images * OH)
-                n = u // OH - kp * images
-                oy = u % OH
+                kp = u // (images * slots)
+                n = u // slots - kp * images
+                slot = u % slots
                 w0 = kp * R * NR
                 if order == PRIVATE_PANELS:
                     if kp != have:
@@ -308,26 +378,41 @@ def lanes_task(mr: int, long: int, nr: int, width: int):
                         have = kp
                     w0 = 0
             else:
-                n = u // (kpanels * OH)
-                oy = u // kpanels - n * OH
+                n = u // (kpanels * slots)
+                slot = u // kpanels - n * slots
                 kp = u % kpanels
                 w0 = kp * R * NR
-            row0 = n * image + oy * sh * Ws
-            for q in range(longs):
-                ox0 = q * LONG
-                if sw == 1:
-                    long_stride1(R, wt, w0, src, row0 + ox0, off, sw, s)
-                else:
-                    long_stride2(R, wt, w0, src, row0 + 2 * ox0, off, sw, s)
-                store(s, block, out, n0 + n, kp, oy, ox0, LONG, bias, has_bias, relu)
-            for q in range(chunks):
-                ox0 = OW - rest + rest * q // chunks
-                rows = OW - rest + rest * (q + 1) // chunks - ox0
-                micro(rows, R, wt, w0, src, row0 + ox0 * sw, off, sw, s)
-                store(s, block, out, n0 + n, kp, oy, ox0, rows, bias, has_bias, relu)
+            oy0 = slot * span
+            lines = min(span, OH - oy0)
+            for oy in range(oy0, oy0 + lines):
+                row0 = n * image + oy * sh * Ws
+                for q in range(longs):
+                    ox0 = q * LONG
+                    if sw == 1:
+                        long_stride1(R, wt, w0, src, row0 + ox0, off, sw, s)
+                    else:
+                        long_stride2(R, wt, w0, src, row0 + 2 * ox0, off, sw, s)
+                    store(s, 0, block, out, n0 + n, kp, oy, ox0, LONG, bias, has_bias, relu)
+                if lines == 1:
+                    for q in range(chunks):
+                        ox0 = OW - rest + rest * q // chunks
+                        rows = OW - rest + rest * (q + 1) // chunks - ox0
+                        micro(rows, R, wt, w0, src, row0 + ox0 * sw, off, sw, s)
+                        store(s, 0, block, out, n0 + n, kp, oy, ox0, rows, bias, has_bias,
+                              relu)
+            if lines == 2:
+                row0 = n * image + oy0 * sh * Ws
+                for q in range(chunks):
+                    ox0 = OW - rest + rest * q // chunks
+                    rows = OW - rest + rest * (q + 1) // chunks - ox0
+                    pairs(rows, sw, R, wt, w0, src, row0 + ox0 * sw, off, sh * Ws, s)
+                    store(s, 0, block, out, n0 + n, kp, oy0, ox0, rows, bias, has_bias, relu)
+                    store(s, rows, block, out, n0 + n, kp, oy0 + 1, ox0, rows, bias, has_bias,
+                          relu)
 
     task = with_globals(task, IMAGE_MAJOR=IMAGE_MAJOR, PRIVATE_PANELS=PRIVATE_PANELS, MR=mr,
-                        LONG=long, MRB=(long + width - 1) // width * width,
+                        LONG=long, MRB=scratch_pixels(long, width), row_span=row_span_jit,
+                        pairs=pairs,
                         NR=nr, micro=micro, long_stride1=long_stride1,
                         long_stride2=long_stride2, store=store_tile(nr, width), pack=pack,
                         pack_flipped=pack_flipped)
@@ -418,7 +503,8 @@ def lanes_convolution(level):
                         inside = 0 <= iy < H
                         _copy_row(planes[d0:d0 + Ws], x[g0 + n, c, iy if inside else 0], pl,
                                   max(0, min(W, Ws - pl)) if inside else 0)
-            units = kpanels * images * OH
+            units = kpanels * images * ((OH + _span(OH, OW, sw, LONG, LMR) - 1)
+                                        // _span(OH, OW, sw, LONG, LMR))
             for task in prange(threads):
                 s0 = fixed + task * per_task
                 first = units * task // threads
@@ -434,7 +520,8 @@ def lanes_convolution(level):
                           sw, relu, scratch, g0)
 
     return parallel_stage(with_globals(
-        conv, L2_FLOATS=L2_FLOATS, L3_FLOATS=L3_FLOATS, LNR=LNR, LSCRATCH=LSCRATCH,
+        conv, L2_FLOATS=L2_FLOATS, L3_FLOATS=L3_FLOATS, LNR=LNR, LSCRATCH=LSCRATCH, LONG=LONG,
+        LMR=LMR, _span=row_span_jit,
         IMAGE_MAJOR=IMAGE_MAJOR, PANEL_MAJOR=PANEL_MAJOR, PRIVATE_PANELS=PRIVATE_PANELS,
         prange=prange, np=np, _lanes_plan=lanes_plan_jit, _pack=transpose_panel(LNR, width),
         _pack_flipped=flipped_panel(LNR), _copy_row=bordered_row_copy(width),
