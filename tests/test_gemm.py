@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from nnjit.dispatch.cpu import cpu_info
-from nnjit.kernels.gemm import blocking, gemm, tile_shape
+from nnjit.kernels.gemm import blocking, gemm, gemm_tile
 
 FLT_MIN = np.finfo(np.float32).tiny
 TOLERANCE = 1e-5
@@ -70,7 +70,7 @@ def test_blocking_and_tiles():
 
     for name in LEVELS:
         level = level_named(name)
-        mr, nr = tile_shape(level)
+        mr, nr = gemm_tile(level)
         assert nr % level.vector_floats == 0
         kc, mc, nc = blocking(mr, nr)
         assert kc % 2 == 0 and mc % mr == 0 and nc % nr == 0
@@ -136,7 +136,7 @@ def test_micro_kernel_assembly():
     arithmetic = re.compile(r"\b(vfmadd\d+ps|v?mulps)\b")
     body = max(loops, key=lambda lp: sum(bool(arithmetic.search(x)) for x in lp))
     text = "\n".join(body)
-    mr, nr = tile_shape(level)
+    mr, nr = gemm_tile(level)
     assert len(arithmetic.findall(text)) % (mr * nr // level.vector_floats) == 0
     assert not re.search(r"^\s+v?mov\w*\s+%[xyz]mm\d+, [^%]*\(", text, re.M), text  # no stores
     if level.fma:

@@ -45,14 +45,15 @@ def source_digest() -> str:
 
 def build_constants() -> tuple:
     """What kernels bake in as constants besides their source: the host's cache sizes
-    (NNPACK's blocking budgets) and the GEMM tuning overrides. A cache folder shared by
-    hosts with other caches, or a run with another NNJIT_GEMM_TILE, must not load kernels
-    built for those (their tiles would disagree with the workspace the layer allocates)."""
+    (NNPACK's blocking budgets), its vendor (gemm.tile_shape's AVX-512 tile) and the GEMM
+    tuning overrides. A cache folder shared by hosts with other caches or vendors, or a
+    run with another NNJIT_GEMM_TILE, must not load kernels built for those (their tiles
+    would disagree with the workspace the layer allocates)."""
     from nnjit.dispatch.cpu import cpu_info
 
     info = cpu_info()
     return (info.l1d_bytes, info.l1d_shared_by, info.l2_bytes, info.l2_shared_by,
-            info.l3_bytes, os.environ.get("NNJIT_GEMM_TILE", "").strip(),
+            info.l3_bytes, info.vendor, os.environ.get("NNJIT_GEMM_TILE", "").strip(),
             os.environ.get("NNJIT_GEMM_KC", "").strip())
 
 

@@ -1,7 +1,7 @@
 """Convolution gradients as implicit GEMMs on the packed GEMM engine's register tiles.
 
 Both kernels take the level's tile shape (MR x NR) and cache budgets from nnjit.kernels.gemm
-(tile_shape, blocking: NNPACK's rules) and never materialise an im2col / col2im buffer of a
+(tile_shape, the kernel gradient gemm_tile; blocking: NNPACK's rules) and never materialise an im2col / col2im buffer of a
 whole tensor.
 
 ``convolution_input_gradient`` / ``implicit_gemm``
@@ -48,7 +48,7 @@ from nnjit.kernels.codegen import (accumulators, add_tile, clear_tile, define, m
 from nnjit.kernels.conv_lanes import (bordered_row_copy, lanes_convolution, lanes_tile,
                                       lanes_workspace, long_tile, over_channels,
                                       over_channels_jit, pair_width, pair_width_jit)
-from nnjit.kernels.gemm import blocking, tile_shape
+from nnjit.kernels.gemm import blocking, gemm_tile, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
 
@@ -475,7 +475,7 @@ def strided_micro_kernel(mr: int, nr: int, width: int, row_sums: bool):
 def _row_sums(level) -> bool:
     """Whether the kernel gradient's micro-kernel holds a second tile for row sums: MR x NR
     twice, the B vectors and a broadcast within the vector registers."""
-    mr, nr = tile_shape(level)
+    mr, nr = gemm_tile(level)
     vectors = nr // level.vector_floats
     return 2 * mr * vectors + vectors + 1 <= level.vector_registers
 
@@ -483,7 +483,7 @@ def _row_sums(level) -> bool:
 def kernel_gradient_depth(level) -> int:
     """Reduction steps per micro-kernel call: reduction_depth where the row sums keep the
     rounding of a deep chunk down, else NNPACK's L1 rule (blocking's KC)."""
-    mr, nr = tile_shape(level)
+    mr, nr = gemm_tile(level)
     return reduction_depth(mr, nr) if _row_sums(level) else blocking(mr, nr)[0]
 
 
@@ -546,7 +546,7 @@ def _kernel_gradient_sizes(mr, nr, kc, x_shape, go_shape, kernel_size, sh, sw, p
 def kernel_gradient_workspace(level, x, grad_output, grad_w, sh, sw, pt, pl) -> int:
     """Floats of scratch: grad_output^T panels, partial grad_w^T per task, and (unless no
     tap reaches the padding) each task's zero-padded band of x."""
-    mr, nr = tile_shape(level)
+    mr, nr = gemm_tile(level)
     kc = kernel_gradient_depth(level)
     return sum(_kernel_gradient_sizes(mr, nr, kc, x.shape, grad_output.shape,
                                       grad_w.shape[2:], sh, sw, pt, pl))
@@ -559,7 +559,7 @@ def kernel_gradient_implicit_gemm(level):
     im2col(x) read in place by the micro-kernel: from x itself where no tap reaches the
     padding, else from a zero-padded band of x per task and chunk of output rows (the rows
     and channels the chunk reads: no padded copy of the whole input)."""
-    MR, NR = tile_shape(level)
+    MR, NR = gemm_tile(level)
     KC = kernel_gradient_depth(level)
     SUM_DEPTH = blocking(MR, NR)[0]
 

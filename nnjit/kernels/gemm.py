@@ -50,6 +50,19 @@ TILE_VECTORS = {
     (8, True): (4, 3),      # 4 x 24 on ymm: 12 accumulators + 3 B vectors + 1 broadcast
     (16, True): (6, 2),     # 6 x 32 on zmm: 12 accumulators
 }
+# AVX-512 on Intel's cores (two 512-bit FMA pipes on the server parts): 6 x 32 is load-bound
+# there, 8 loads per 12 FMAs, 0.59-0.63x numpy at 1 thread on Ice Lake server; 6 x 64 (24
+# accumulators, 10 loads per 24 FMAs) 0.86-1.11x, 12 x 32 0.74-0.81x, 14 x 32 0.79-0.88x,
+# 5 x 64 0.77-1.10x, 7 x 64 0.82-0.86x (runs a minute apart: the machine is noisy); its
+# kernel gradients 1.41-1.51x torch against 1.10-1.38x (gemm_tile). Zen 4 runs 512-bit
+# FMAs in two halves, one a cycle, and keeps the 6 x 32 measured there.
+INTEL_AVX512_TILE = (6, 4)
+
+
+def _intel_host() -> bool:
+    from nnjit.dispatch.cpu import cpu_info
+
+    return cpu_info().vendor == "GenuineIntel"
 
 
 @functools.lru_cache(maxsize=None)
@@ -62,6 +75,18 @@ def tile_shape(level) -> tuple[int, int]:
         return mr, nr
     mr, nvec = TILE_VECTORS.get((level.vector_floats, level.fma), (4, 2))
     return mr, nvec * level.vector_floats
+
+
+@functools.lru_cache(maxsize=None)
+def gemm_tile(level) -> tuple[int, int]:
+    """(MR, NR) of the packed GEMM and the kernel gradient: tile_shape, but
+    INTEL_AVX512_TILE at avx512 on Intel hosts, where those two were measured with it (the
+    forward paths' panel rules were tuned for tile_shape's and stay on it)."""
+    if (not os.environ.get("NNJIT_GEMM_TILE", "").strip()
+            and (level.vector_floats, level.fma) == (16, True) and _intel_host()):
+        mr, nvec = INTEL_AVX512_TILE
+        return mr, nvec * level.vector_floats
+    return tile_shape(level)
 
 
 def _round_down(x: int, m: int) -> int:
@@ -159,7 +184,7 @@ def workspace_floats(level, m: int, n: int, k: int) -> int:
     """Floats of workspace the packed GEMM needs for an [m, k] x [k, n] product at a level
     (a smaller workspace is allowed: the kernel then allocates its own, which costs page
     faults on every call for large sizes)."""
-    mr, nr = tile_shape(level)
+    mr, nr = gemm_tile(level)
     kc, _, nc = blocking(mr, nr)
     kc = min(kc, k)
     return (-(-m // mr) * mr + -(-min(nc, n) // nr) * nr) * kc
@@ -168,7 +193,7 @@ def workspace_floats(level, m: int, n: int, k: int) -> int:
 @kernel("gemm", "packed", signatures=SIGNATURES, multiply_adds=True)
 def gemm_packed(level):
     """C[M,N] (=, or += when accumulate) A[M,K] @ B, B given [K,N] or (trans_b) [N,K]."""
-    MR, NR = tile_shape(level)
+    MR, NR = gemm_tile(level)
     KC, MC, NC = blocking(MR, NR)
 
     def gemm(a, b, c, accumulate, trans_b, workspace):
