@@ -199,10 +199,11 @@ def test_model_layers(rng, layer):
 
 
 # ------------------------------------------- stride 1: the forward channel-lanes path
-def flipped(level, c, k, size, kernel, padding, stride=1):
-    """Whether this input gradient runs as conv_lanes' correlation with the flipped kernel."""
+def flipped(level, c, k, size, kernel, padding, stride=1, deep_pairs=None):
+    """Whether this input gradient runs as conv_lanes' correlation with the flipped kernel
+    (paired rows at a deep reduction: as on this host, unless ``deep_pairs`` says)."""
     from nnjit.dispatch.isa import level_named
-    from nnjit.kernels.conv_gradients import flipped_lanes
+    from nnjit.kernels.conv_gradients import flipped_lanes, paired_rows_deep
     from nnjit.kernels.conv_lanes import lanes_tile, long_tile
     from nnjit.kernels.gemm import blocking, tile_shape
 
@@ -210,8 +211,10 @@ def flipped(level, c, k, size, kernel, padding, stride=1):
     kc, mc, nc = blocking(*tile_shape(lv))
     top, _, _, left = _pads(padding)
     mr, nr = lanes_tile(lv)
+    if deep_pairs is None:
+        deep_pairs = paired_rows_deep()
     return flipped_lanes(*_strides(stride), top, left, *kernel, k, c, *size, mr, long_tile(lv),
-                         nr, mc * kc, nc * kc)
+                         nr, mc * kc, nc * kc, deep_pairs)
 
 
 def test_input_gradient_flipped_lanes(level, rng):
@@ -219,11 +222,11 @@ def test_input_gradient_flipped_lanes(level, rng):
     (the correlation's own padding KH - 1 down to 0), asymmetric, bottom and right padding
     past the kernel (grad_output rows that meet no input, never read), a non-square kernel,
     a last channel panel partly past C, a batch, a 1x1 kernel, and (where the registers
-    hold two rows' tiles) rows that pair up, an odd count of them, with a deep reduction;
-    every thread count. Top or left padding past the kernel, a stride, too few channels, a
-    1x1 kernel with more channels out than in, rows that waste tile lanes or pair up only
-    into narrow tiles, or rows of at most two tiles with a deep reduction take the phase
-    GEMMs instead."""
+    hold two rows' tiles) rows that pair up, an odd count of them, and (on Intel hosts) with
+    a deep reduction; every thread count. Top or left padding past the kernel, a stride,
+    too few channels, a 1x1 kernel with more channels out than in, rows that waste tile
+    lanes or pair up only into narrow tiles, rows of at most two tiles with a deep
+    reduction, or (elsewhere) paired rows with one take the phase GEMMs instead."""
     import numba
 
     from nnjit.dispatch.isa import level_named
@@ -242,7 +245,12 @@ def test_input_gradient_flipped_lanes(level, rng):
         (1, nr, 2 * nr, (5, 2 * mr), (1, 1), 0),        # 1x1: no more channels out than in
     ]
     if pairs:   # 2 x (7 + 6) and 2 x (6 + 6) pixel tiles
-        cases += [(2, nr, deep, (9, 2 * mr - 1), (3, 3), 1), (1, nr, 5, (6, 2 * mr - 2), (3, 3), 1)]
+        cases += [(2, nr, deep - 1, (9, 2 * mr - 1), (3, 3), 1),
+                  (1, nr, 5, (6, 2 * mr - 2), (3, 3), 1)]
+        # a deep reduction: on the lanes where the host's rule says, else the phase GEMMs
+        assert flipped(level, nr, deep, (9, 2 * mr - 1), (3, 3), 1, deep_pairs=True)
+        assert not flipped(level, nr, deep, (9, 2 * mr - 1), (3, 3), 1, deep_pairs=False)
+        assert input_gradient_error(rng, 2, nr, deep, (9, 2 * mr - 1), (3, 3), 1) < DIRECT
     before = nnjit.get_num_threads()
     try:
         for threads in range(1, numba.config.NUMBA_NUM_THREADS + 1):

@@ -45,7 +45,8 @@ def source_digest() -> str:
 
 def build_constants() -> tuple:
     """What kernels bake in as constants besides their source: the host's cache sizes
-    (NNPACK's blocking budgets), its vendor (gemm.tile_shape's AVX-512 tile) and the GEMM
+    (NNPACK's blocking budgets), its vendor (gemm.gemm_tile's AVX-512
+    tile, conv_gradients.paired_rows_deep) and the GEMM
     tuning overrides. A cache folder shared by hosts with other caches or vendors, or a
     run with another NNJIT_GEMM_TILE, must not load kernels built for those (their tiles
     would disagree with the workspace the layer allocates)."""

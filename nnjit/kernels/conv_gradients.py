@@ -48,7 +48,7 @@ from nnjit.kernels.codegen import (accumulators, add_tile, clear_tile, define, m
 from nnjit.kernels.conv_lanes import (bordered_row_copy, lanes_convolution, lanes_tile,
                                       lanes_workspace, long_tile, over_channels,
                                       over_channels_jit, pair_width, pair_width_jit)
-from nnjit.kernels.gemm import blocking, gemm_tile, tile_shape
+from nnjit.kernels.gemm import blocking, gemm_tile, intel_host, tile_shape
 from nnjit.kernels.signatures import i64, reads, void, writes
 from nnjit.kernels.vectors import vector_ops
 
@@ -129,7 +129,7 @@ DEEP_REDUCTION = 1536
 
 
 def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, H, W, mr, long, nr, l2_floats,
-                  l3_floats) -> bool:
+                  l3_floats, deep_pairs) -> bool:
     """Whether an input gradient (input H x W) runs as the forward channel-lanes path's
     correlation of grad_output (K channels) with the flipped, transposed kernel (C output
     channels), padded by KH - 1 - pad_top and KW - 1 - pad_left: stride 1, top and left
@@ -137,19 +137,30 @@ def flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, H, W, mr, long, nr, l2_floats,
     that meet no input), the shape conv_lanes.over_channels takes, and rows that either
     split into tiles of MR pixels with under 5% of their lanes idle, unless the rows are at
     most two tiles wide and the reduction deep (R = K*KH*KW >= DEEP_REDUCTION), or pair up
-    (conv_lanes.pair_width) into tiles of at least MR - 1 pixels a line. The phase GEMMs
+    (conv_lanes.pair_width) into tiles of at least MR - 1 pixels a line, with the reduction
+    under DEEP_REDUCTION unless ``deep_pairs`` (paired_rows_deep). The phase GEMMs
     below run pixels across rows and images, without idle lanes, and slice R in L2; on
     Zen 4, 14-wide rows ran 5-8% slower on the lanes at R 1728-4608 (3-6% at two threads),
     as fast at R 1152 and 11% faster at R 576; 27- to 56-wide ones 3-16% faster (batch 16,
     same-run A/B). Paired rows (12 and 13 wide: 2 x 6 and 2 x 7 pixels) on the lanes
     against the phase GEMMs' 7-pixel tiles, on Ice Lake server at batch 16: alexnet.conv3
     102 -> 119 GFLOP/s, alexnet.conv5 102 -> 125, overfeat.conv3 73 -> 113 at one thread
-    (runs a few minutes apart, torch level across them)."""
+    (runs a few minutes apart, torch level across them). On Zen 4 the same pairs ran
+    overfeat.conv3 (R 4608) 10% slower than the phase GEMMs (0.78-0.81 of torch against
+    0.88-0.89) and alexnet.conv3 (R 3456) and conv5 (R 2304) as fast (batch 16, 1 thread,
+    alternating runs)."""
     tiles = (W + mr - 1) // mr
     return (sh == 1 and sw == 1 and pt < KH and pl < KW
             and ((20 * W >= 19 * tiles * mr and (W > 2 * mr or K * KH * KW < DEEP_REDUCTION))
-                 or pair_width(H, W, 1, long, mr) >= mr - 1)
+                 or (pair_width(H, W, 1, long, mr) >= mr - 1
+                     and (deep_pairs or K * KH * KW < DEEP_REDUCTION)))
             and over_channels(KH, KW, 1, 1, K, C, nr, l2_floats, l3_floats))
+
+
+def paired_rows_deep() -> bool:
+    """flipped_lanes' ``deep_pairs``: paired rows take the lanes at any reduction depth on
+    Intel hosts, where they were measured faster, and only below DEEP_REDUCTION elsewhere."""
+    return intel_host()
 
 
 flipped_lanes_jit = njit(inline="always")(with_globals(
@@ -168,7 +179,7 @@ def input_gradient_workspace(level, grad_output, w, grad_input, sh, sw, pt, pl) 
     h, w_ = grad_input.shape[2:]
     kc, mc, nc = blocking(*tile_shape(level))
     if flipped_lanes(sh, sw, pt, pl, kh, kw, k, c, h, w_, mr, long_tile(level), nr, mc * kc,
-                     nc * kc):
+                     nc * kc, paired_rows_deep()):
         return lanes_workspace(n, k, oh, ow, c, kh, kw, h, w_, 1, 1, kh - 1 - pt, kw - 1 - pl,
                                long_tile(level), nr, level.vector_floats, mc * kc, nc * kc,
                                get_num_threads())
@@ -238,6 +249,7 @@ def input_gradient_implicit_gemm(level):
     L2_FLOATS, L3_FLOATS = mc * kc, nc * kc     # the forward path's budgets
     KC_MAX = reduction_depth(MR, NR)
     LONG = long_tile(level)
+    DEEP_PAIRS = paired_rows_deep()
 
     def input_gradient(grad_output, w, grad_input, sh, sw, pt, pl, workspace):
         N = grad_output.shape[0]
@@ -250,7 +262,7 @@ def input_gradient_implicit_gemm(level):
         H = grad_input.shape[2]
         W = grad_input.shape[3]
         if _flipped_lanes(sh, sw, pt, pl, KH, KW, K, C, H, W, MR, LONG, NR, L2_FLOATS,
-                          L3_FLOATS):
+                          L3_FLOATS, DEEP_PAIRS):
             # w's elements, as the (unread) bias argument of the stage's forward signature
             _lanes(grad_output, w, True, w.reshape(K * C * KH * KW), False, grad_input, 1, 1,
                    KH - 1 - pt, KW - 1 - pl, False, workspace, None)
