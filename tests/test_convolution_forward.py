@@ -17,7 +17,7 @@ import nnjit
 from nnjit.dispatch.isa import level_named
 from nnjit.kernels import reference
 from nnjit.kernels.conv_band import banded
-from nnjit.kernels.conv_dot import dot_tile, dotted
+from nnjit.kernels.conv_dot import dot_tile, dotted, row_tiled, row_vectors
 from nnjit.kernels.conv_forward import panel_lanes, panel_widths, tail_panels
 from nnjit.kernels.conv_lanes import lanes_plan, lanes_tile, long_tile, over_channels
 from nnjit.kernels.gemm import blocking, tile_shape
@@ -403,6 +403,26 @@ def test_dot_product_path(level, rng):
     assert dots(level, 1, 515, 1)
     # whole pixel panels, few channels: the pixel-lanes GEMM
     assert not dots(level, 1, 512, 8) and not dots(level, 1, 40, 7)
+
+
+def test_row_tiles(level, rng):
+    """Images of V whole vectors and one pixel (V = 1 .. row_vectors: 17, 33 and 49 pixels
+    at AVX-512) in row tiles: C not a whole number of vectors (the lanes' scalar tail and
+    the last pixel's masked one), a channel panel partly past K, a batch. Padded or strided,
+    or one pixel more or fewer, the image goes to the dot tiles."""
+    lv = level_named(level)
+    width, mr = lv.vector_floats, dot_tile(lv)[0]
+    assert row_vectors(lv) >= 1
+    for v in range(1, row_vectors(lv) + 1):
+        pixels = v * width + 1
+        size = 7 if pixels == 49 else (1, pixels)
+        assert row_tiled(lv, pixels) and not row_tiled(lv, pixels - 1)
+        assert not row_tiled(lv, pixels + 1)
+        for batch in (1, 2):
+            if level == BEST:
+                assert dots(level, batch, 515, size), (v, batch)
+            check(rng, OUT if batch > 1 else INF, batch, 515, 2 * mr + 1, size, 1)
+    assert not row_tiled(lv, 1) and not row_tiled(lv, (row_vectors(lv) + 1) * width + 1)
 
 
 def test_dot_product_threads(best, rng):

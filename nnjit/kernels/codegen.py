@@ -14,6 +14,19 @@ def define(lines: list[str], filename: str, namespace: dict, name: str | None = 
     return fn
 
 
+def dispatcher(name: str, params: str, functions: dict, filename: str):
+    """An inlined Numba function name(which, params...) that calls functions[which](params...)
+    (``which`` one of the keys, ints): one call site for a family of generated kernels."""
+    from numba import njit
+
+    lines = [f"def {name}(which, {params}):"]
+    for i, key in enumerate(functions):
+        lines.append(f"    {'if' if i == 0 else 'elif'} which == {key}:")
+        lines.append(f"        f{key}({params})")
+    return njit(inline="always")(define(lines, filename,
+                                        {f"f{key}": f for key, f in functions.items()}))
+
+
 def prefetch_tile(mr: int, nr: int, row: str = "c[row0 + {i}]", col0: str = "col0"):
     """Lines prefetching each row of an MR x NR float tile of C (every 64-byte line): the
     tile is read or written only after the k loop, which hides the misses."""

@@ -5,7 +5,8 @@ Two algorithms, one engine (nnjit.kernels.gemm's register-blocked micro-kernel, 
 and NNPACK's cache budgets, reference/nnpack.md 5.3). Layers with a kernel wider than one
 tap and enough output channels run transposed instead, output channels in the lanes
 (nnjit.kernels.conv_lanes: no packing of the image at all), and 1x1 layers of few pixels
-as dot products (nnjit.kernels.conv_dot: no lane idle on a short tail); the rest as below.
+as dot products or row tiles (nnjit.kernels.conv_dot: no lane idle on a short tail); the
+rest as below.
 
 - ``implicit_gemm``: any kernel size, stride, padding and batch. The im2col matrix is never
   built: each NR-pixel x KC-row B micro-panel is packed on the fly, in the task that uses it,
@@ -42,7 +43,7 @@ import numpy as np
 from numba import njit, prange
 
 from nnjit.dispatch.registry import helper, kernel, with_globals
-from nnjit.kernels.codegen import define
+from nnjit.kernels.codegen import define, dispatcher
 from nnjit.kernels.conv_band import band_plan, band_plan_jit, band_task, banded, banded_jit
 from nnjit.kernels.conv_dot import dot_convolution, dot_workspace, dotted, dotted_jit
 from nnjit.kernels.conv_lanes import (lanes_convolution, lanes_tile, lanes_workspace, long_tile,
@@ -300,13 +301,7 @@ panel_lanes_jit = njit(inline="always")(panel_lanes)
 
 def _by_width(name: str, params: str, functions: list) -> object:
     """An inlined dispatcher name(which, params...): calls functions[which](params...)."""
-    lines = [f"def {name}(which, {params}):"]
-    for i in range(len(functions)):
-        lines.append(f"    {'if' if i == 0 else 'elif'} which == {i}:")
-        lines.append(f"        f{i}({params})")
-    from numba import njit
-    return njit(inline="always")(define(lines, __file__,
-                                        {f"f{i}": f for i, f in enumerate(functions)}))
+    return dispatcher(name, params, dict(enumerate(functions)), __file__)
 
 
 def _build(level, pointwise: bool):
